@@ -1,0 +1,35 @@
+# pgcc: see README.md. Every target runs against a real PostgreSQL (PGCC_TEST_DATABASE_URL, else a
+# testcontainers PostgreSQL when Docker answers, else postgres@127.0.0.1:5432).
+
+GO      ?= go
+PKGS    ?= ./...
+# One identifier for all test binaries of this run, so that its databases can be swept afterwards.
+RUN     := $(shell od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
+TIMEOUT ?= 9m
+
+.PHONY: all test lint fmt bench sweep
+
+all: lint test
+
+## test: every test, with the race detector, each against its own fresh database.
+test:
+	@status=0; PGCC_TEST_RUN=$(RUN) $(GO) test -race -count=1 -timeout $(TIMEOUT) $(PKGS) || status=$$?; \
+	$(GO) run ./internal/pgtest/sweep -run $(RUN) || true; exit $$status
+
+## lint: gofmt, go vet and staticcheck must all be clean.
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	staticcheck $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## bench: the go test benchmarks, pgcc against hand-written pgx on the same statements.
+bench:
+	@status=0; PGCC_TEST_RUN=$(RUN) $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m $(PKGS) || status=$$?; \
+	$(GO) run ./internal/pgtest/sweep -run $(RUN) || true; exit $$status
+
+## sweep: drop test databases left by runs that were killed.
+sweep:
+	$(GO) run ./internal/pgtest/sweep

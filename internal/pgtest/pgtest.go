@@ -1,0 +1,352 @@
+// Package pgtest runs pgcc's tests against a real PostgreSQL server, one fresh database per test.
+//
+// Every test package calls [Main] from its TestMain. Main finds a server, creates one template database per
+// test binary with pgcc's migrations applied, runs the tests, and drops what it created. Each test then asks
+// for its own database with [NewDB] or [Pool]: a CREATE DATABASE … TEMPLATE clone of the template (tens of
+// milliseconds), dropped when the test ends, so tests call t.Parallel freely and never see each other's rows
+// or what an earlier run left behind.
+//
+// # Finding a server
+//
+// In this order:
+//  1. PGCC_TEST_DATABASE_URL, a connection string for a role that may create databases;
+//  2. a PostgreSQL container started by testcontainers-go when a Docker engine answers;
+//  3. postgres@127.0.0.1:5432 (trust authentication, as on a developer machine);
+//  4. none: with CI set to a true value the run fails, otherwise the package's tests are skipped with a
+//     message that says how to provide a server.
+//
+// # Leaving nothing behind
+//
+// Database names carry the creation time: pgcc_t_<unix seconds>_<run>_<pid>_<n>. Test databases are dropped
+// in t.Cleanup (which runs even when a test fails or panics), the template and the examples' database when
+// Main returns, and Main first drops any pgcc_t_ database older than [staleAfter], left by a run that was
+// killed. `make test` also passes PGCC_TEST_RUN and sweeps that run's databases when go test exits, whatever
+// its outcome (internal/pgtest/sweep).
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc/migrations"
+)
+
+// EnvDatabaseURL names the environment variable that points the tests at a server.
+const EnvDatabaseURL = "PGCC_TEST_DATABASE_URL"
+
+// EnvExampleDatabaseURL names the environment variable [Main] sets to a database for the package's runnable
+// examples. Examples read it the way a service reads its DATABASE_URL.
+const EnvExampleDatabaseURL = "PGCC_EXAMPLE_DATABASE_URL"
+
+// EnvRun names the environment variable carrying an identifier shared by every test binary of one `make test`
+// run, so that the run's databases can be swept together afterwards.
+const EnvRun = "PGCC_TEST_RUN"
+
+// Prefix starts the name of every database the harness creates.
+const Prefix = "pgcc_t_"
+
+// staleAfter is the age past which a database with [Prefix] is taken to be a leftover of a killed run.
+const staleAfter = 2 * time.Hour
+
+// localDSN is the server tried when neither the environment nor Docker provides one.
+const localDSN = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// harness is the per-binary state Main sets up. It is package state because testing.M offers no other place
+// to hang it; it lives in an internal test package, never in the library.
+type harness struct {
+	baseDSN  string
+	admin    *pgxpool.Pool
+	template string
+	run      string
+	seq      atomic.Int64
+	source   string
+}
+
+var (
+	current    *harness
+	currentErr error
+	mainCalled bool
+	mu         sync.Mutex
+)
+
+// Main is the body of every test package's TestMain:
+//
+//	func TestMain(m *testing.M) { pgtest.Main(m) }
+//
+// It never returns: it exits with the tests' status, after dropping the template and examples databases.
+func Main(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	h, stop, err := start(ctx)
+	mu.Lock()
+	mainCalled = true
+	current, currentErr = h, err
+	mu.Unlock()
+	if err != nil {
+		if InCI() {
+			fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "pgtest: SKIP: %v\n", err)
+		return 0
+	}
+	defer stop()
+
+	exampleDB, err := h.createDatabase(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: create examples database: %v\n", err)
+		return 1
+	}
+	defer h.dropDatabase(exampleDB)
+	exampleDSN, err := withDatabase(h.baseDSN, exampleDB)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+		return 1
+	}
+	os.Setenv(EnvExampleDatabaseURL, exampleDSN)
+
+	return m.Run()
+}
+
+// InCI reports whether the CI environment variable holds a true value, in which case a missing database is a
+// failure, never a skip.
+func InCI() bool {
+	v, err := strconv.ParseBool(os.Getenv("CI"))
+	return err == nil && v
+}
+
+// start finds a server, sweeps stale databases and builds the migrated template. stop drops the template and
+// releases the server.
+func start(ctx context.Context) (*harness, func(), error) {
+	dsn, source, release, err := findServer(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	admin, err := pgxpool.New(ctx, dsn)
+	if err == nil {
+		err = admin.Ping(ctx)
+	}
+	if err != nil {
+		if admin != nil {
+			admin.Close()
+		}
+		release()
+		return nil, nil, fmt.Errorf("connect to %s (%s): %w", redact(dsn), source, err)
+	}
+	h := &harness{baseDSN: dsn, admin: admin, source: source, run: runID()}
+	if _, err := Sweep(ctx, admin, "", staleAfter); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: sweeping stale databases: %v\n", err)
+	}
+	stopAll := func() {
+		admin.Close()
+		release()
+	}
+	if err := h.buildTemplate(ctx); err != nil {
+		stopAll()
+		return nil, nil, fmt.Errorf("build template database: %w", err)
+	}
+	return h, func() {
+		h.dropDatabase(h.template)
+		stopAll()
+	}, nil
+}
+
+func (h *harness) buildTemplate(ctx context.Context) error {
+	name, err := h.createDatabaseFrom(ctx, "template0")
+	if err != nil {
+		return err
+	}
+	h.template = name
+	dsn, err := withDatabase(h.baseDSN, name)
+	if err != nil {
+		return err
+	}
+	// migrations.UpDSN closes its pool before returning, so no session remains on the template and
+	// CREATE DATABASE … TEMPLATE can copy it.
+	return migrations.UpDSN(ctx, dsn)
+}
+
+func (h *harness) nextName() string {
+	return fmt.Sprintf("%s%d_%s_%d_%d", Prefix, time.Now().Unix(), h.run, os.Getpid(), h.seq.Add(1))
+}
+
+func (h *harness) createDatabase(ctx context.Context) (string, error) {
+	return h.createDatabaseFrom(ctx, h.template)
+}
+
+func (h *harness) createDatabaseFrom(ctx context.Context, template string) (string, error) {
+	name := h.nextName()
+	sql := "CREATE DATABASE " + pgx.Identifier{name}.Sanitize() + " TEMPLATE " + pgx.Identifier{template}.Sanitize()
+	if _, err := h.admin.Exec(ctx, sql); err != nil {
+		return "", fmt.Errorf("create database %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// dropDatabase drops name, terminating sessions a test left open. It runs during cleanup, so it uses a context
+// of its own rather than one a finished test may have cancelled.
+func (h *harness) dropDatabase(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := dropDatabase(ctx, h.admin, name); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: drop database %s: %v\n", name, err)
+	}
+}
+
+func dropDatabase(ctx context.Context, admin *pgxpool.Pool, name string) error {
+	_, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	return err
+}
+
+// Sweep drops every harness database whose name carries run (every run when run is empty) and that is older
+// than minAge, and returns the names it dropped.
+func Sweep(ctx context.Context, admin *pgxpool.Pool, run string, minAge time.Duration) ([]string, error) {
+	rows, err := admin.Query(ctx, "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", Prefix)
+	if err != nil {
+		return nil, err
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	var dropped []string
+	var errs []error
+	for _, name := range names {
+		created, nameRun, ok := parseName(name)
+		if !ok || (run != "" && nameRun != run) || time.Since(created) < minAge {
+			continue
+		}
+		if err := dropDatabase(ctx, admin, name); err != nil {
+			errs = append(errs, fmt.Errorf("drop %s: %w", name, err))
+			continue
+		}
+		dropped = append(dropped, name)
+	}
+	return dropped, errors.Join(errs...)
+}
+
+// parseName reads the creation time and run out of a harness database name.
+func parseName(name string) (created time.Time, run string, ok bool) {
+	parts := strings.Split(strings.TrimPrefix(name, Prefix), "_")
+	if len(parts) != 4 {
+		return time.Time{}, "", false
+	}
+	secs, err := strconv.ParseInt(parts[0], 10, 64)
+	if err != nil {
+		return time.Time{}, "", false
+	}
+	return time.Unix(secs, 0), parts[1], true
+}
+
+// runID is PGCC_TEST_RUN when set to a plain token, otherwise a random one for this binary alone.
+func runID() string {
+	if r := os.Getenv(EnvRun); r != "" && isToken(r) {
+		return r
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func isToken(s string) bool {
+	if len(s) > 16 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// findServer returns a connection string for a server on which the harness may create databases.
+func findServer(ctx context.Context) (dsn, source string, release func(), err error) {
+	noop := func() {}
+	if dsn := os.Getenv(EnvDatabaseURL); dsn != "" {
+		return dsn, EnvDatabaseURL, noop, nil
+	}
+	dsn, release, dockerErr := startContainer(ctx)
+	if dockerErr == nil {
+		return dsn, "testcontainers", release, nil
+	}
+	if reachable(ctx, "127.0.0.1:5432") {
+		return localDSN, "local server", noop, nil
+	}
+	return "", "", nil, fmt.Errorf("no PostgreSQL server: set %s to a connection string for a role with "+
+		"CREATEDB (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable), start a Docker engine "+
+		"for testcontainers (%v), or run PostgreSQL on 127.0.0.1:5432", EnvDatabaseURL, dockerErr)
+}
+
+func reachable(ctx context.Context, addr string) bool {
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// withDatabase returns dsn with its database replaced by name. It accepts the URL and the keyword/value forms
+// pgx reads; in the second, a later keyword overrides an earlier one.
+func withDatabase(dsn, name string) (string, error) {
+	if _, err := pgx.ParseConfig(dsn); err != nil {
+		return "", fmt.Errorf("parse %s: %w", EnvDatabaseURL, err)
+	}
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return "", fmt.Errorf("parse %s: %w", EnvDatabaseURL, err)
+		}
+		u.Path = "/" + name
+		u.RawPath = ""
+		return u.String(), nil
+	}
+	return dsn + " dbname=" + name, nil
+}
+
+// redact hides a password in a connection string for messages.
+func redact(dsn string) string {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return "the configured server"
+	}
+	return fmt.Sprintf("%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
+}
+
+func get(t testing.TB) *harness {
+	t.Helper()
+	mu.Lock()
+	h, err, called := current, currentErr, mainCalled
+	mu.Unlock()
+	switch {
+	case !called:
+		t.Fatal("pgtest: the package has no TestMain calling pgtest.Main(m)")
+	case err != nil:
+		t.Fatalf("pgtest: %v", err)
+	}
+	return h
+}

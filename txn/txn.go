@@ -1,0 +1,272 @@
+package txn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Beginner is what [Run] needs from a database handle: *pgxpool.Pool, *pgxpool.Conn, *pgx.Conn and pgx.Tx all
+// satisfy it. A pgx.Tx makes the call nested: it runs in a savepoint of that transaction.
+type Beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// txBeginner is the part of a pool or connection that can start a transaction with options.
+type txBeginner interface {
+	BeginTx(ctx context.Context, txOptions pgx.TxOptions) (pgx.Tx, error)
+}
+
+var (
+	_ Beginner   = (*pgxpool.Pool)(nil)
+	_ Beginner   = (*pgxpool.Conn)(nil)
+	_ Beginner   = (*pgx.Conn)(nil)
+	_ Beginner   = pgx.Tx(nil)
+	_ txBeginner = (*pgxpool.Pool)(nil)
+	_ txBeginner = (*pgxpool.Conn)(nil)
+	_ txBeginner = (*pgx.Conn)(nil)
+)
+
+// rollbackTimeout bounds the ROLLBACK sent after a failed attempt. It runs on a context detached from the
+// caller's, so that a cancelled caller still leaves a clean connection behind when the server answers.
+const rollbackTimeout = 5 * time.Second
+
+// Run runs fn in a transaction on db and commits it. If fn returns an error or panics, the transaction is
+// rolled back and the error returned unchanged (the panic continues after the rollback).
+//
+// When db is a pool or a connection, Run starts a new transaction, the outermost one, and retries the whole of
+// it (BEGIN, fn, COMMIT) while PostgreSQL reports an error that [Retryable] accepts (or the predicate given
+// by [RetryIf]), up to the attempts, backoff and deadline allowed. fn must therefore be safe to run again:
+// everything it does through tx is rolled back before a retry, but side effects outside the database are
+// not. A retry starts from a fresh transaction, so fn must re-read what it decides on.
+//
+// When db is a pgx.Tx, Run is nested: fn runs in a savepoint (SAVEPOINT … RELEASE), an error rolls back to
+// the savepoint and leaves the outer transaction usable, and nothing is retried, since a conflict aborts the
+// outer transaction, which only its owner can retry. Options that shape a transaction (isolation, access
+// mode, timeouts, retries) belong to the outermost call and are ignored in a nested one.
+//
+// ctx governs every statement (BEGIN, fn's queries if fn passes it on, COMMIT) and the sleeps between
+// attempts: when it ends, Run returns promptly with an [*InterruptedError]. Run never starts a sleep that
+// would end past ctx's deadline; it returns at once instead.
+//
+// Errors, besides fn's own:
+//   - [*RetriesExhaustedError] (errors.Is [ErrRetriesExhausted]) when the last attempt failed retryably;
+//   - [*InterruptedError] when ctx ended;
+//   - [*CommitUnknownError] (errors.Is [ErrCommitUnknown]) when COMMIT was sent but no answer came;
+//   - an error matching [ErrInvalidOption] for an option that cannot be honoured.
+//
+// The happy path costs what hand-written pgx costs: BEGIN, fn's statements, COMMIT, with lock and statement
+// timeouts sent in the same round trip as BEGIN.
+func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.Tx) error, opts ...Option) error {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return err
+	}
+	if tx, ok := db.(pgx.Tx); ok {
+		return nested(ctx, tx, fn)
+	}
+	begin, err := beginner(db, cfg)
+	if err != nil {
+		return err
+	}
+	return loop(ctx, cfg, func(ctx context.Context) (error, outcome) {
+		return attempt(ctx, begin, fn)
+	})
+}
+
+// RunValue is [Run] for a fn that returns a value: the value of the attempt that committed. On error it
+// returns T's zero value.
+func RunValue[T any](ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.Tx) (T, error), opts ...Option) (T, error) {
+	var out T
+	err := Run(ctx, db, func(ctx context.Context, tx pgx.Tx) error {
+		v, err := fn(ctx, tx)
+		if err == nil {
+			out = v
+		}
+		return err
+	}, opts...)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return out, nil
+}
+
+// Retry runs fn until it returns nil, with the policy of [Run]: the same attempts, backoff, context handling,
+// hooks and errors, deciding by [Retryable] or the predicate given with [RetryIf]. It is for operations that
+// are not one transaction, such as an optimistic read-modify-write whose write may conflict; fn is
+// responsible for its own statements. Options that shape a transaction (isolation, access mode, timeouts)
+// are rejected with [ErrInvalidOption].
+func Retry(ctx context.Context, fn func(ctx context.Context) error, opts ...Option) error {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return err
+	}
+	if cfg.hasTxSettings || cfg.hasLocalConfig {
+		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode and timeouts belong to Run", ErrInvalidOption)
+	}
+	return loop(ctx, cfg, func(ctx context.Context) (error, outcome) {
+		err := fn(ctx)
+		if err != nil && pgconn.SafeToRetry(err) {
+			return err, notSent
+		}
+		return err, failed
+	})
+}
+
+// outcome says how an attempt's error is to be treated.
+type outcome int
+
+const (
+	failed        outcome = iota // retry if the predicate says so
+	notSent                      // pgx proves the failing statement never reached the server: safe to retry
+	commitUnknown                // COMMIT was sent and no answer came
+)
+
+// loop is the retry policy shared by Run and Retry.
+func loop(ctx context.Context, cfg *config, try func(context.Context) (error, outcome)) error {
+	var last error // the last retryable error, kept for an InterruptedError
+	for n := 1; ; n++ {
+		if ctx.Err() != nil {
+			return &InterruptedError{Attempts: n - 1, Cause: context.Cause(ctx), Last: last}
+		}
+		err, kind := try(ctx)
+		if err == nil {
+			return nil
+		}
+		var retry bool
+		switch kind {
+		case commitUnknown:
+			err = &CommitUnknownError{Attempts: n, Err: err}
+			retry = cfg.idempotent
+		case notSent:
+			retry = true
+		default:
+			retry = cfg.retryable(err)
+		}
+		if ctx.Err() != nil {
+			if kind == commitUnknown {
+				return err
+			}
+			if last != nil && causedByContext(err) {
+				// The error is the cancellation itself; keep the conflict that led here instead.
+				err = last
+			}
+			return &InterruptedError{Attempts: n, Cause: context.Cause(ctx), Last: err}
+		}
+		if !retry {
+			return err
+		}
+		if n >= cfg.maxAttempts {
+			return &RetriesExhaustedError{Attempts: n, Err: err}
+		}
+		last = err
+		delay := cfg.backoff.Delay(n)
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= delay {
+			// The next attempt could not start before the deadline: say so now rather than sleep through it.
+			return &InterruptedError{Attempts: n, Cause: context.DeadlineExceeded, Last: err}
+		}
+		if cfg.onRetry != nil {
+			cfg.onRetry(n, err, delay)
+		}
+		if err := sleep(ctx, delay); err != nil {
+			return &InterruptedError{Attempts: n, Cause: err, Last: last}
+		}
+	}
+}
+
+// sleep waits for d or until ctx ends, whichever is first, and returns the context's cause in the second case.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// beginner returns the function that starts the outermost transaction on db.
+func beginner(db Beginner, cfg *config) (func(context.Context) (pgx.Tx, error), error) {
+	if b, ok := db.(txBeginner); ok {
+		opts := cfg.txOptions()
+		return func(ctx context.Context) (pgx.Tx, error) { return b.BeginTx(ctx, opts) }, nil
+	}
+	if cfg.hasTxSettings || cfg.hasLocalConfig {
+		return nil, fmt.Errorf("%w: %T has no BeginTx method, so isolation, access mode and timeouts cannot be applied", ErrInvalidOption, db)
+	}
+	return db.Begin, nil
+}
+
+// attempt runs one BEGIN, fn, COMMIT. The deferred rollback also runs while a panic from fn unwinds.
+func attempt(ctx context.Context, begin func(context.Context) (pgx.Tx, error), fn func(context.Context, pgx.Tx) error) (err error, kind outcome) {
+	tx, err := begin(ctx)
+	if err != nil {
+		return err, classify(err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			rollback(ctx, tx)
+		}
+	}()
+	if err := fn(ctx, tx); err != nil {
+		return err, classify(err)
+	}
+	done = true // Commit closes tx whatever it returns.
+	if err := tx.Commit(ctx); err != nil {
+		if commitOutcomeUnknown(err) {
+			return err, commitUnknown
+		}
+		return err, classify(err)
+	}
+	return nil, failed
+}
+
+func classify(err error) outcome {
+	if pgconn.SafeToRetry(err) {
+		return notSent
+	}
+	return failed
+}
+
+// nested runs fn in a savepoint of tx.
+func nested(ctx context.Context, tx pgx.Tx, fn func(context.Context, pgx.Tx) error) error {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	released := false
+	defer func() {
+		if !released {
+			rollback(ctx, sp)
+		}
+	}()
+	if err := fn(ctx, sp); err != nil {
+		return err
+	}
+	released = true
+	return sp.Commit(ctx)
+}
+
+// rollback ends tx after a failure. Its error is not the caller's concern: if ROLLBACK fails, pgx closes the
+// connection and a pool replaces it.
+func rollback(ctx context.Context, tx pgx.Tx) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	_ = tx.Rollback(ctx)
+}
+
+// causedByContext reports whether err is a context's error, as pgx reports a query the context interrupted.
+func causedByContext(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)
+}
