@@ -74,7 +74,7 @@ func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.T
 	if err != nil {
 		return err
 	}
-	return loop(ctx, cfg, func(ctx context.Context) (error, outcome) {
+	return loop(ctx, cfg, func(ctx context.Context) (outcome, error) {
 		return attempt(ctx, begin, fn)
 	})
 }
@@ -110,12 +110,12 @@ func Retry(ctx context.Context, fn func(ctx context.Context) error, opts ...Opti
 	if cfg.hasTxSettings || cfg.hasLocalConfig {
 		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode and timeouts belong to Run", ErrInvalidOption)
 	}
-	return loop(ctx, cfg, func(ctx context.Context) (error, outcome) {
+	return loop(ctx, cfg, func(ctx context.Context) (outcome, error) {
 		err := fn(ctx)
 		if err != nil && pgconn.SafeToRetry(err) {
-			return err, notSent
+			return notSent, err
 		}
-		return err, failed
+		return failed, err
 	})
 }
 
@@ -129,13 +129,13 @@ const (
 )
 
 // loop is the retry policy shared by Run and Retry.
-func loop(ctx context.Context, cfg *config, try func(context.Context) (error, outcome)) error {
+func loop(ctx context.Context, cfg *config, try func(context.Context) (outcome, error)) error {
 	var last error // the last retryable error, kept for an InterruptedError
 	for n := 1; ; n++ {
 		if ctx.Err() != nil {
 			return &InterruptedError{Attempts: n - 1, Cause: context.Cause(ctx), Last: last}
 		}
-		err, kind := try(ctx)
+		kind, err := try(ctx)
 		if err == nil {
 			return nil
 		}
@@ -208,10 +208,10 @@ func beginner(db Beginner, cfg *config) (func(context.Context) (pgx.Tx, error), 
 }
 
 // attempt runs one BEGIN, fn, COMMIT. The deferred rollback also runs while a panic from fn unwinds.
-func attempt(ctx context.Context, begin func(context.Context) (pgx.Tx, error), fn func(context.Context, pgx.Tx) error) (err error, kind outcome) {
+func attempt(ctx context.Context, begin func(context.Context) (pgx.Tx, error), fn func(context.Context, pgx.Tx) error) (outcome, error) {
 	tx, err := begin(ctx)
 	if err != nil {
-		return err, classify(err)
+		return classify(err), err
 	}
 	done := false
 	defer func() {
@@ -220,16 +220,16 @@ func attempt(ctx context.Context, begin func(context.Context) (pgx.Tx, error), f
 		}
 	}()
 	if err := fn(ctx, tx); err != nil {
-		return err, classify(err)
+		return classify(err), err
 	}
 	done = true // Commit closes tx whatever it returns.
 	if err := tx.Commit(ctx); err != nil {
 		if commitOutcomeUnknown(err) {
-			return err, commitUnknown
+			return commitUnknown, err
 		}
-		return err, classify(err)
+		return classify(err), err
 	}
-	return nil, failed
+	return failed, nil
 }
 
 func classify(err error) outcome {

@@ -59,12 +59,29 @@ func (d *DB) Pool(t testing.TB, configure ...func(*pgxpool.Config)) *pgxpool.Poo
 		t.Fatalf("pgtest: open pool: %v", err)
 	}
 	t.Cleanup(func() {
-		if n := pool.Stat().AcquiredConns(); n != 0 {
+		if n := awaitReleased(pool, leakGrace); n != 0 {
 			t.Errorf("pgtest: %d connection(s) still acquired from the pool when the test ended: a leak", n)
 		}
 		pool.Close()
 	})
 	return pool
+}
+
+// leakGrace is how long the leak check waits for connections being destroyed: pgxpool counts a broken
+// connection as acquired until its destructor, which runs in the background, has closed it.
+const leakGrace = 5 * time.Second
+
+// awaitReleased returns the number of connections still acquired from pool once none is, or once grace has
+// passed.
+func awaitReleased(pool *pgxpool.Pool, grace time.Duration) int32 {
+	deadline := time.Now().Add(grace)
+	for {
+		n := pool.Stat().AcquiredConns()
+		if n == 0 || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // Conn opens a single connection on the database, closed when t ends.

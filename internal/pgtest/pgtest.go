@@ -42,6 +42,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
 
 	"github.com/pgcc/pgcc/migrations"
 )
@@ -88,9 +89,19 @@ var (
 //
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
 //
-// It never returns: it exits with the tests' status, after dropping the template and examples databases.
+// It never returns: it exits with the tests' status, after dropping the template and examples databases, and
+// fails a passing run that leaked goroutines.
 func Main(m *testing.M) {
-	os.Exit(run(m))
+	code := run(m)
+	if code == 0 {
+		// Everything the tests started, and the harness itself, must be gone by now: pools closed, retry
+		// loops returned, background goroutines stopped.
+		if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1")); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: goroutines leaked by the tests: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 func run(m *testing.M) int {
