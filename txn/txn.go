@@ -67,6 +67,9 @@ func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.T
 	if err != nil {
 		return err
 	}
+	if db == nil || fn == nil {
+		return fmt.Errorf("%w: Run needs a database handle and a function (got %T, fn nil: %v)", ErrInvalidOption, db, fn == nil)
+	}
 	if tx, ok := db.(pgx.Tx); ok {
 		return nested(ctx, tx, fn)
 	}
@@ -106,6 +109,9 @@ func Retry(ctx context.Context, fn func(ctx context.Context) error, opts ...Opti
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return err
+	}
+	if fn == nil {
+		return fmt.Errorf("%w: Retry needs a function", ErrInvalidOption)
 	}
 	if cfg.hasTxSettings || cfg.hasLocalConfig {
 		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode and timeouts belong to Run", ErrInvalidOption)

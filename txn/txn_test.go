@@ -757,6 +757,15 @@ func TestInvalidOptions(t *testing.T) {
 			t.Errorf("%s: err = %v, called = %v; want ErrInvalidOption and fn not called", name, err, called)
 		}
 	}
+	if err := txn.Run(ctx, nil, func(context.Context, pgx.Tx) error { return nil }); !errors.Is(err, txn.ErrInvalidOption) {
+		t.Errorf("Run on a nil handle: err = %v, want ErrInvalidOption", err)
+	}
+	if err := txn.Run(ctx, pool, nil); !errors.Is(err, txn.ErrInvalidOption) {
+		t.Errorf("Run with a nil fn: err = %v, want ErrInvalidOption", err)
+	}
+	if err := txn.Retry(ctx, nil); !errors.Is(err, txn.ErrInvalidOption) {
+		t.Errorf("Retry with a nil fn: err = %v, want ErrInvalidOption", err)
+	}
 	err := txn.Retry(ctx, func(context.Context) error { return nil }, txn.WithIsolation(pgx.Serializable))
 	if !errors.Is(err, txn.ErrInvalidOption) {
 		t.Errorf("Retry with an isolation level: err = %v, want ErrInvalidOption", err)
