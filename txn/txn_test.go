@@ -66,29 +66,6 @@ type pgxQuerier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// barrier releases its waiters once n of them have arrived, or when the test's context ends.
-type barrier struct {
-	n    int
-	mu   sync.Mutex
-	seen int
-	ch   chan struct{}
-}
-
-func newBarrier(n int) *barrier { return &barrier{n: n, ch: make(chan struct{})} }
-
-func (b *barrier) wait(ctx context.Context) {
-	b.mu.Lock()
-	b.seen++
-	if b.seen == b.n {
-		close(b.ch)
-	}
-	b.mu.Unlock()
-	select {
-	case <-b.ch:
-	case <-ctx.Done():
-	}
-}
-
 // TestWriteSkewSerializable: eight doctors are on call; each goes off call if at least one other remains.
 // All eight read before any writes (a barrier on the first attempt), the classic write-skew interleaving.
 // Under SERIALIZABLE with retries exactly one doctor stays on call; under READ COMMITTED nobody does, which
@@ -113,7 +90,7 @@ func TestWriteSkewSerializable(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			b := newBarrier(doctors)
+			b := pgtest.NewBarrier(doctors)
 			var retries atomic.Int64
 			var wg sync.WaitGroup
 			errs := make([]error, doctors)
@@ -129,7 +106,7 @@ func TestWriteSkewSerializable(t *testing.T) {
 						}
 						if first {
 							first = false
-							b.wait(ctx)
+							b.Wait(ctx)
 						}
 						if onCall < 2 {
 							return nil
@@ -216,7 +193,7 @@ func TestDeadlockIsRetried(t *testing.T) {
 	t.Parallel()
 	_, pool := setup(t, 2)
 	ctx := context.Background()
-	b := newBarrier(2)
+	b := pgtest.NewBarrier(2)
 	var codes sync.Map
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -231,7 +208,7 @@ func TestDeadlockIsRetried(t *testing.T) {
 				}
 				if first {
 					first = false
-					b.wait(ctx)
+					b.Wait(ctx)
 				}
 				_, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = $1", order[1])
 				return err

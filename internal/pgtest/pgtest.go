@@ -30,7 +30,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"strconv"
@@ -42,6 +41,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc/internal/pgserver"
 	"go.uber.org/goleak"
 
 	"github.com/pgcc/pgcc/migrations"
@@ -63,9 +64,6 @@ const Prefix = "pgcc_t_"
 
 // staleAfter is the age past which a database with [Prefix] is taken to be a leftover of a killed run.
 const staleAfter = 2 * time.Hour
-
-// localDSN is the server tried when neither the environment nor Docker provides one.
-const localDSN = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 
 // harness is the per-binary state Main sets up. It is package state because testing.M offers no other place
 // to hang it; it lives in an internal test package, never in the library.
@@ -297,28 +295,16 @@ func findServer(ctx context.Context) (dsn, source string, release func(), err er
 	if dsn := os.Getenv(EnvDatabaseURL); dsn != "" {
 		return dsn, EnvDatabaseURL, noop, nil
 	}
-	dsn, release, dockerErr := startContainer(ctx)
+	dsn, release, dockerErr := pgserver.StartContainer(ctx)
 	if dockerErr == nil {
 		return dsn, "testcontainers", release, nil
 	}
-	if reachable(ctx, "127.0.0.1:5432") {
-		return localDSN, "local server", noop, nil
+	if pgserver.Reachable(ctx, pgserver.LocalAddr) {
+		return pgserver.LocalDSN, "local server", noop, nil
 	}
 	return "", "", nil, fmt.Errorf("no PostgreSQL server: set %s to a connection string for a role with "+
 		"CREATEDB (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable), start a Docker engine "+
 		"for testcontainers (%v), or run PostgreSQL on 127.0.0.1:5432", EnvDatabaseURL, dockerErr)
-}
-
-func reachable(ctx context.Context, addr string) bool {
-	var d net.Dialer
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
 }
 
 // withDatabase returns dsn with its database replaced by name. It accepts the URL and the keyword/value forms
