@@ -1,0 +1,250 @@
+package repo_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc/repo"
+	"github.com/pgcc/pgcc/txn"
+)
+
+// exampleTable opens a pool on the examples' database and creates a table from ddl; drop drops it and closes
+// the pool.
+func exampleTable(ctx context.Context, name, ddl string) (pool *pgxpool.Pool, drop func(), err error) {
+	pool, err = pgxpool.New(ctx, os.Getenv("PGCC_EXAMPLE_DATABASE_URL"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := pool.Exec(ctx, "DROP TABLE IF EXISTS "+name+"; "+ddl); err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return pool, func() {
+		_, _ = pool.Exec(ctx, "DROP TABLE "+name)
+		pool.Close()
+	}, nil
+}
+
+// Two requests load the same account; the second to write gets a conflict that says what happened, and its
+// write is not applied.
+func ExampleTable_Update() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_update_accounts", `
+		CREATE TABLE example_update_accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+			version bigint NOT NULL);
+		INSERT INTO example_update_accounts VALUES (42, 'ada', 100, 7)`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	accounts, err := repo.NewTable[Account]("example_update_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	first, _ := accounts.Get(ctx, pool, 42)
+	second, _ := accounts.Get(ctx, pool, 42)
+	first.Balance += 50
+	fmt.Println(accounts.Update(ctx, pool, &first), first.Version)
+
+	second.Balance -= 30
+	err = accounts.Update(ctx, pool, &second)
+	fmt.Println(err)
+	var conflict *repo.ConflictError
+	if errors.As(err, &conflict) {
+		fmt.Println(conflict.Expected, conflict.Actual, conflict.Deleted)
+	}
+	stored, _ := accounts.Get(ctx, pool, 42)
+	fmt.Println(stored.Balance)
+	// Output:
+	// <nil> 8
+	// pgcc: conflict updating "example_update_accounts" id=42: expected version 7, found 8
+	// 7 8 false
+	// 150
+}
+
+// Modify reads, applies the change and writes; when another writer got there first it reads again and
+// re-applies the change to the newer row.
+func ExampleTable_Modify() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_modify_accounts", `
+		CREATE TABLE example_modify_accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+			version bigint NOT NULL);
+		INSERT INTO example_modify_accounts VALUES (1, 'ada', 100, 1)`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	accounts, err := repo.NewTable[Account]("example_modify_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	errInsufficient := errors.New("insufficient funds")
+	calls := 0
+	withdraw := func(ctx context.Context, a *Account) error {
+		calls++
+		if calls == 1 { // another writer deposits between our read and our write
+			_, _ = pool.Exec(ctx, "UPDATE example_modify_accounts SET balance = balance + 20, version = version + 1 WHERE id = 1")
+		}
+		if a.Balance < 110 {
+			return errInsufficient // returned unchanged, never retried
+		}
+		a.Balance -= 110
+		return nil
+	}
+	_, err = accounts.Modify(ctx, pool, repo.Key{int64(1)}, withdraw)
+	fmt.Println(errors.Is(err, errInsufficient), calls)
+
+	calls = 0
+	stored, err := accounts.Modify(ctx, pool, repo.Key{int64(1)}, withdraw,
+		txn.WithMaxAttempts(5), txn.WithBackoff(txn.Backoff{Base: time.Millisecond}))
+	fmt.Println(stored.Balance, stored.Version, err, calls)
+	// Output:
+	// true 1
+	// 30 4 <nil> 2
+}
+
+// Code that writes its own SQL, as sqlc generates it, gets the same errors from Check.
+func ExampleTable_Check() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_check_accounts", `
+		CREATE TABLE example_check_accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+			version bigint NOT NULL);
+		INSERT INTO example_check_accounts VALUES (1, 'ada', 100, 3)`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	accounts, err := repo.NewTable[Account]("example_check_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	// -- name: SetBalance :execresult
+	// UPDATE example_check_accounts SET balance = $2, version = version + 1 WHERE id = $1 AND version = $3;
+	setBalance := func(id, balance, version int64) error {
+		tag, err := pool.Exec(ctx, "UPDATE example_check_accounts SET balance = $2, version = version + 1 WHERE id = $1 AND version = $3", id, balance, version)
+		if err != nil {
+			return err
+		}
+		return accounts.Check(ctx, pool, tag, repo.Key{id}, version)
+	}
+	fmt.Println(setBalance(1, 90, 3))
+	fmt.Println(setBalance(1, 80, 3))
+	fmt.Println(setBalance(2, 80, 1))
+	// Output:
+	// <nil>
+	// pgcc: conflict writing "example_check_accounts" id=1: expected version 3, found 4
+	// pgcc: conflict writing "example_check_accounts" id=2: expected version 1, but the row was deleted
+}
+
+// UpdateAll writes a batch in one statement, all or nothing, and lists every row that conflicted.
+func ExampleTable_UpdateAll() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_bulk_accounts", `
+		CREATE TABLE example_bulk_accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+			version bigint NOT NULL);
+		INSERT INTO example_bulk_accounts SELECT g, 'owner', 100, 1 FROM generate_series(1, 5) g`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	accounts, err := repo.NewTable[Account]("example_bulk_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	var batch []*Account
+	for id := int64(1); id <= 5; id++ {
+		a, _ := accounts.Get(ctx, pool, id)
+		a.Balance += 10
+		batch = append(batch, &a)
+	}
+	_, _ = pool.Exec(ctx, "UPDATE example_bulk_accounts SET version = 2 WHERE id = 2; DELETE FROM example_bulk_accounts WHERE id = 4")
+
+	err = accounts.UpdateAll(ctx, pool, batch)
+	fmt.Println(err)
+	var bulk *repo.BulkConflictError
+	if errors.As(err, &bulk) {
+		for _, c := range bulk.Conflicts {
+			fmt.Println(c.Key, c.Expected, c.Actual, c.Deleted)
+		}
+	}
+	var written int
+	_ = pool.QueryRow(ctx, "SELECT count(*) FROM example_bulk_accounts WHERE balance > 100").Scan(&written)
+	fmt.Println(written)
+	// Output:
+	// pgcc: bulk update of "example_bulk_accounts" rolled back: 2 of 5 rows conflicted: id=2 expected version 1, found 2; id=4 expected version 1, deleted
+	// [2] 1 2 false
+	// [4] 1 0 true
+	// 0
+}
+
+// NewTable checks the description against the struct before any query is sent.
+func ExampleNewTable() {
+	type Order struct {
+		ID    int64  `db:"order_id"`
+		State string `db:"state"`
+		Rev   int64  `db:"rev"`
+	}
+	_, err := repo.NewTable[Order]("orders", repo.WithKey("order_id"))
+	fmt.Println(err)
+	fmt.Println(errors.Is(err, repo.ErrInvalidTable))
+
+	orders, err := repo.NewTable[Order]("orders", repo.InSchema("shop"), repo.WithKey("order_id"), repo.WithVersion("rev"))
+	fmt.Println(orders.Name(), orders.KeyColumns(), orders.VersionColumn(), err)
+	// Output:
+	// pgcc: invalid table description: table "orders": struct repo_test.Order has no field for counter version column "version" (tag a field `db:"version"`)
+	// true
+	// "shop"."orders" [order_id] rev <nil>
+}
+
+// A table without a version column uses PostgreSQL's xmin: every write gives the row a new one.
+func ExampleWithXmin() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_xmin_profiles", `
+		CREATE TABLE example_xmin_profiles (id bigint PRIMARY KEY, bio text NOT NULL);
+		INSERT INTO example_xmin_profiles VALUES (1, 'hello')`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	type Profile struct {
+		ID   int64  `db:"id"`
+		Bio  string `db:"bio"`
+		Xmin uint32 `db:"xmin"`
+	}
+	profiles, err := repo.NewTable[Profile]("example_xmin_profiles", repo.WithXmin())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	mine, _ := profiles.Get(ctx, pool, int64(1))
+	theirs := mine
+	theirs.Bio = "written first"
+	fmt.Println(profiles.Update(ctx, pool, &theirs), theirs.Xmin != mine.Xmin)
+
+	mine.Bio = "written second"
+	err = profiles.Update(ctx, pool, &mine)
+	var conflict *repo.ConflictError
+	fmt.Println(errors.As(err, &conflict), conflict.Actual == int64(theirs.Xmin))
+	// Output:
+	// <nil> true
+	// true true
+}
