@@ -1,0 +1,252 @@
+package lock_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc/lock"
+)
+
+func TestStringKeyIsStable(t *testing.T) {
+	t.Parallel()
+	// FNV-1a 64 of "billing\x00invoice-run" (checked with an independent implementation); a change here
+	// breaks every deployed key.
+	if got, want := lock.StringKey("billing", "invoice-run"), lock.AdvisoryKey(0x1caa3a3a7ceb12af); got != want {
+		t.Errorf("StringKey = %#x, want %#x", int64(got), int64(want))
+	}
+	if lock.StringKey("a", "bc") == lock.StringKey("ab", "c") {
+		t.Error("the namespace separator does not separate")
+	}
+	if lock.StringKey("", "x") == lock.StringKey("x", "") {
+		t.Error("empty namespace and empty name collide")
+	}
+}
+
+func TestXactLockNoWaitAndTry(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 0)
+	ctx := context.Background()
+	key := lock.StringKey("pgcc-test", "xact")
+	holder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = holder.Rollback(ctx) }()
+	if err := lock.XactLock(ctx, holder, key); err != nil {
+		t.Fatal(err)
+	}
+	holderPID := holder.Conn().PgConn().PID()
+
+	inTx(t, pool, func(tx pgx.Tx) {
+		ok, err := lock.TryXactLock(ctx, tx, key)
+		if err != nil || ok {
+			t.Fatalf("TryXactLock on a held key = %v, %v; want false", ok, err)
+		}
+		err = lock.XactLock(ctx, tx, key, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
+		if !errors.Is(err, lock.ErrLockNotAvailable) {
+			t.Fatalf("NoWait = %v, want ErrLockNotAvailable", err)
+		}
+		le := lockError(t, err)
+		if le.Advisory != key || le.Table != "" {
+			t.Errorf("LockError names key %d table %q", le.Advisory, le.Table)
+		}
+		if len(le.Blockers) != 1 || le.Blockers[0].PID != holderPID {
+			t.Errorf("blockers = %v, want pid %d", le.Blockers, holderPID)
+		}
+		// A shared lock is refused too, while a different key is free.
+		if ok, err := lock.TryXactLock(ctx, tx, key, lock.WithStrength(lock.ForShare)); err != nil || ok {
+			t.Errorf("shared try on an exclusively held key = %v, %v", ok, err)
+		}
+		if ok, err := lock.TryXactLock(ctx, tx, key+1); err != nil || !ok {
+			t.Errorf("try on a free key = %v, %v", ok, err)
+		}
+	})
+	inTx(t, pool, func(tx pgx.Tx) {
+		start := time.Now()
+		err := lock.XactLock(ctx, tx, key, lock.WithTimeout(150*time.Millisecond))
+		if !errors.Is(err, lock.ErrLockNotAvailable) || time.Since(start) < 150*time.Millisecond {
+			t.Errorf("timeout = %v after %v", err, time.Since(start))
+		}
+	})
+	// Released at the end of the holder's transaction.
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	inTx(t, pool, func(tx pgx.Tx) {
+		if err := lock.XactLock(ctx, tx, key, lock.WithWait(lock.NoWait)); err != nil {
+			t.Errorf("after the holder's rollback: %v", err)
+		}
+	})
+}
+
+func TestSessionLockReleaseAndReuse(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 0)
+	ctx := context.Background()
+	key := lock.StringKey("pgcc-test", "session")
+	h, err := lock.SessionLock(ctx, pool, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Key() != key || h.PID() == 0 {
+		t.Errorf("Held key %d pid %d", h.Key(), h.PID())
+	}
+	// The lock outlives transactions on its connection and blocks others.
+	if _, ok, err := lock.TrySessionLock(ctx, pool, key); err != nil || ok {
+		t.Fatalf("TrySessionLock on a held key = %v, %v", ok, err)
+	}
+	_, err = lock.SessionLock(ctx, pool, key, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
+	if !errors.Is(err, lock.ErrLockNotAvailable) {
+		t.Fatalf("NoWait = %v", err)
+	}
+	if le := lockError(t, err); len(le.Blockers) != 1 || le.Blockers[0].PID != h.PID() {
+		t.Errorf("blockers = %v, want pid %d", le.Blockers, h.PID())
+	}
+	if _, err := lock.SessionLock(ctx, pool, key, lock.WithTimeout(100*time.Millisecond)); !errors.Is(err, lock.ErrLockNotAvailable) {
+		t.Fatalf("timeout = %v", err)
+	}
+	// Only the holder's connection is out of the pool; the failed attempts gave theirs back.
+	if n := pool.Stat().AcquiredConns(); n != 1 {
+		t.Errorf("acquired = %d, want 1 (the holder)", n)
+	}
+	// The timeout was scoped to the statement: the connections given back have lock_timeout 0.
+	var settings []string
+	conns := make([]*pgxpool.Conn, 0, 3)
+	for range 3 {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		var s string
+		if err := c.QueryRow(ctx, "SHOW lock_timeout").Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		settings = append(settings, s)
+	}
+	for _, c := range conns {
+		c.Release()
+	}
+	for _, s := range settings {
+		if s != "0" {
+			t.Errorf("a pool connection has lock_timeout %q", s)
+		}
+	}
+
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Taken with a timeout (set_config and the lock in one implicit transaction), the lock outlives that
+	// transaction.
+	tctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	ht, err := lock.SessionLock(tctx, pool, key+1, lock.WithTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := lock.TrySessionLock(ctx, pool, key+1); err != nil || ok {
+		t.Errorf("lock taken with a timeout not held afterwards: %v, %v", ok, err)
+	}
+	if err := ht.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Release(ctx); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("second Release = %v, want ErrNotHeld", err)
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("acquired after release = %d", n)
+	}
+	h2, ok, err := lock.TrySessionLock(ctx, pool, key)
+	if err != nil || !ok {
+		t.Fatalf("TrySessionLock after release = %v, %v", ok, err)
+	}
+	if err := h2.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSessionLockCancelWhileWaiting(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 0, func(c *pgxpool.Config) { c.MaxConns = 3 })
+	key := lock.AdvisoryKey(42)
+	h, err := lock.SessionLock(context.Background(), pool, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Release(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := lock.SessionLock(ctx, pool, key)
+		done <- err
+	}()
+	// Wait until some backend waits on the advisory lock.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nobody waited")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if n := pool.Stat().AcquiredConns(); n != 1 {
+		t.Errorf("acquired = %d, want 1 (the holder)", n)
+	}
+	// The waiter's connection went back healthy, holding nothing: the pool's other connections work and
+	// pg_locks shows one advisory lock.
+	if n := queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"); n != 1 {
+		t.Errorf("%d advisory locks, want the holder's only", n)
+	}
+}
+
+// TestSessionLockDiesWithBackend: terminating the holder's backend releases the lock; Release then reports
+// the broken connection and closes it instead of returning it to the pool.
+func TestSessionLockDiesWithBackend(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 0)
+	ctx := context.Background()
+	key := lock.StringKey("pgcc-test", "terminated")
+	h, err := lock.SessionLock(ctx, pool, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := h.PID()
+	if _, ok, _ := lock.TrySessionLock(ctx, pool, key); ok {
+		t.Fatal("lock not held")
+	}
+	var terminated bool
+	if err := pool.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", int64(pid)).Scan(&terminated); err != nil || !terminated {
+		t.Fatalf("terminate %d: %v %v", pid, terminated, err)
+	}
+	h2, ok, err := lock.TrySessionLock(ctx, pool, key)
+	if err != nil || !ok {
+		t.Fatalf("TrySessionLock after the holder died = %v, %v", ok, err)
+	}
+	if err := h.Release(ctx); err == nil {
+		t.Error("Release on a terminated session reported success")
+	}
+	if err := h2.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for pool.Stat().AcquiredConns() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("acquired = %d after both releases", n)
+	}
+	if n := queryInt(t, pool, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int64(pid)); n != 0 {
+		t.Errorf("backend %d still there", pid)
+	}
+}

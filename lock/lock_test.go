@@ -1,0 +1,761 @@
+package lock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc/internal/pgtest"
+	"github.com/pgcc/pgcc/lock"
+	"github.com/pgcc/pgcc/txn"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// table is the smallest lock.Table: constants.
+type table struct {
+	name pgx.Identifier
+	keys []string
+	cols []string
+}
+
+func (t table) Identifier() pgx.Identifier { return t.name }
+func (t table) KeyColumns() []string       { return t.keys }
+func (t table) SelectColumns() []string    { return t.cols }
+
+var _ lock.Table = table{}
+
+func itemsTable() table {
+	return table{name: pgx.Identifier{"items"}, keys: []string{"id"}, cols: []string{"id", "n"}}
+}
+
+func pairsTable() table {
+	return table{name: pgx.Identifier{"pairs"}, keys: []string{"a", "b"}, cols: []string{"a", "b", "n"}}
+}
+
+type item struct {
+	ID int32
+	N  int64
+}
+
+type pair struct {
+	A string
+	B int32
+	N int64
+}
+
+// setup returns a pool on a fresh database with items 1..n (n = 0 each) and a few pairs.
+func setup(t *testing.T, n int, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	pool := pgtest.NewDB(t).Pool(t, configure...)
+	_, err := pool.Exec(context.Background(), `
+		CREATE TABLE items (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+		CREATE TABLE pairs (a text, b int, n bigint NOT NULL DEFAULT 0, PRIMARY KEY (a, b));
+		INSERT INTO pairs VALUES ('a', 1), ('a', 2), ('b', 1)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(context.Background(), "INSERT INTO items SELECT g FROM generate_series(1, $1) g", n); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+// holdRow begins a transaction on its own connection and locks items row id FOR UPDATE in it, with plain pgx.
+// It returns the transaction and its backend pid; the transaction is rolled back when the test ends.
+func holdRow(t *testing.T, pool *pgxpool.Pool, id int) (pgx.Tx, uint32) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(ctx, "SELECT id FROM items WHERE id = $1 FOR UPDATE", id); err != nil {
+		t.Fatal(err)
+	}
+	return tx, tx.Conn().PgConn().PID()
+}
+
+// awaitWaiting polls pg_stat_activity until the backend pid waits for a lock.
+func awaitWaiting(t *testing.T, pool *pgxpool.Pool, pid uint32) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var waiting bool
+		err := pool.QueryRow(context.Background(),
+			"SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock')", int64(pid)).Scan(&waiting)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("backend %d never waited for a lock", pid)
+}
+
+func pgCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+func lockError(t *testing.T, err error) *lock.LockError {
+	t.Helper()
+	var le *lock.LockError
+	if !errors.As(err, &le) {
+		t.Fatalf("error %v (%T) is not a *lock.LockError", err, err)
+	}
+	return le
+}
+
+func queryInt(t *testing.T, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, sql string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	if err := q.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// inTx runs fn in a transaction on its own connection and rolls back.
+func inTx(t *testing.T, pool *pgxpool.Pool, fn func(tx pgx.Tx)) {
+	t.Helper()
+	tx, err := pool.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	fn(tx)
+}
+
+func TestRowsLockInKeyOrder(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 5)
+	ctx := context.Background()
+	inTx(t, pool, func(tx pgx.Tx) {
+		got, err := lock.Rows(ctx, tx, itemsTable(), []lock.Key{{3}, {1}, {99}, {2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "[[1] [2] [3]]"; fmt.Sprint(got) != want {
+			t.Errorf("locked keys = %v, want %s (ascending, the missing 99 left out)", got, want)
+		}
+		// The rows are really locked: another session cannot take them with NOWAIT.
+		other, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = other.Rollback(ctx) }()
+		_, err = other.Exec(ctx, "SELECT FROM items WHERE id = 2 FOR UPDATE NOWAIT")
+		if pgCode(err) != pgerrcode.LockNotAvailable {
+			t.Errorf("row 2 not locked: %v", err)
+		}
+	})
+	inTx(t, pool, func(tx pgx.Tx) {
+		got, err := lock.Rows(ctx, tx, pairsTable(), []lock.Key{{"b", 1}, {"a", 2}, {"a", 1}}, lock.WithStrength(lock.ForNoKeyUpdate))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "[[a 1] [a 2] [b 1]]"; fmt.Sprint(got) != want {
+			t.Errorf("locked pairs = %v, want %s", got, want)
+		}
+		got, err = lock.Rows(ctx, tx, itemsTable(), nil)
+		if err != nil || len(got) != 0 {
+			t.Errorf("no keys: %v, %v", got, err)
+		}
+	})
+}
+
+func TestLoadAndRow(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 3)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, "UPDATE items SET n = id * 10"); err != nil {
+		t.Fatal(err)
+	}
+	inTx(t, pool, func(tx pgx.Tx) {
+		got, err := lock.Load[item](ctx, tx, itemsTable(), []lock.Key{{3}, {1}}, lock.WithStrength(lock.ForShare))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []item{{1, 10}, {3, 30}}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("Load = %v, want %v", got, want)
+		}
+		pairs, err := lock.Load[pair](ctx, tx, pairsTable(), []lock.Key{{"a", 2}})
+		if err != nil || len(pairs) != 1 || pairs[0].A != "a" || pairs[0].B != 2 {
+			t.Errorf("Load pairs = %v, %v", pairs, err)
+		}
+		if err := lock.Row(ctx, tx, itemsTable(), lock.Key{2}); err != nil {
+			t.Errorf("Row 2: %v", err)
+		}
+		if err := lock.Row(ctx, tx, itemsTable(), lock.Key{42}); !errors.Is(err, lock.ErrNotFound) {
+			t.Errorf("Row 42 = %v, want ErrNotFound", err)
+		}
+	})
+}
+
+func TestInvalidOptionsSendNothing(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 1)
+	ctx := context.Background()
+	inTx(t, pool, func(tx pgx.Tx) {
+		for name, err := range map[string]error{
+			"strength":           lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithStrength(lock.Strength(9))),
+			"wait":               lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithWait(lock.WaitPolicy(7))),
+			"timeout":            lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithTimeout(0)),
+			"nil option":         lock.Row(ctx, tx, itemsTable(), lock.Key{1}, nil),
+			"where on row":       lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.Where("true")),
+			"key arity":          lock.Row(ctx, tx, pairsTable(), lock.Key{"a"}),
+			"advisory key share": lock.XactLock(ctx, tx, 1, lock.WithStrength(lock.ForKeyShare)),
+			"advisory skip":      lock.XactLock(ctx, tx, 1, lock.WithWait(lock.SkipLocked)),
+			"guard strength":     lock.Guard(ctx, tx, "x", 1, lock.WithStrength(lock.ForShare)),
+		} {
+			if !errors.Is(err, lock.ErrInvalidOption) {
+				t.Errorf("%s: %v, want ErrInvalidOption", name, err)
+			}
+		}
+		_, err := lock.Claim[item](ctx, tx, itemsTable(), 10, lock.WithWait(lock.NoWait))
+		if !errors.Is(err, lock.ErrInvalidOption) {
+			t.Errorf("Claim with NoWait: %v", err)
+		}
+		_, err = lock.Claim[item](ctx, tx, itemsTable(), 0)
+		if !errors.Is(err, lock.ErrInvalidOption) {
+			t.Errorf("Claim with limit 0: %v", err)
+		}
+		// The transaction is still usable: nothing was sent.
+		if n := queryInt(t, tx, "SELECT 1"); n != 1 {
+			t.Error("transaction unusable")
+		}
+	})
+}
+
+func TestContextAlreadyDoneSendsNothing(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 1)
+	inTx(t, pool, func(tx pgx.Tx) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		err := lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithDiagnostics(pool))
+		if !errors.Is(err, context.Canceled) || errors.Is(err, lock.ErrLockNotAvailable) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+		if le := lockError(t, err); le.Err != nil || le.Blockers != nil || le.Table != `"items"` {
+			t.Errorf("LockError = %+v", le)
+		}
+		dctx, dcancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+		defer dcancel()
+		if err := lock.XactLock(dctx, tx, 1); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("expired deadline: %v", err)
+		}
+		// Nothing was sent: the transaction is not aborted.
+		if n := queryInt(t, tx, "SELECT 1"); n != 1 {
+			t.Error("transaction unusable")
+		}
+	})
+}
+
+func TestNoWaitFailsFastWithBlockers(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 2)
+	ctx := context.Background()
+	_, holder := holdRow(t, pool, 1)
+	inTx(t, pool, func(tx pgx.Tx) {
+		start := time.Now()
+		err := lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
+		elapsed := time.Since(start)
+		if !errors.Is(err, lock.ErrLockNotAvailable) || errors.Is(err, lock.ErrDeadlock) {
+			t.Fatalf("err = %v, want ErrLockNotAvailable", err)
+		}
+		if pgCode(err) != pgerrcode.LockNotAvailable {
+			t.Errorf("SQLSTATE = %q, want 55P03", pgCode(err))
+		}
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("NOWAIT failure reported as a context error: %v", err)
+		}
+		if elapsed > 2*time.Second {
+			t.Errorf("NOWAIT took %v", elapsed)
+		}
+		le := lockError(t, err)
+		if le.Table != `"items"` || fmt.Sprint(le.Keys) != "[[1]]" {
+			t.Errorf("LockError names %s %v, want \"items\" [[1]]", le.Table, le.Keys)
+		}
+		if le.DiagnosticsErr != nil {
+			t.Fatalf("diagnostics: %v", le.DiagnosticsErr)
+		}
+		if len(le.Blockers) != 1 {
+			t.Fatalf("blockers = %v, want the holder %d alone", le.Blockers, holder)
+		}
+		b := le.Blockers[0]
+		if b.PID != holder || b.Application != "pgcc-test" || b.State != "idle in transaction" ||
+			!strings.Contains(b.Query, "FOR UPDATE") || b.HeldFor <= 0 || b.XactStart.IsZero() {
+			t.Errorf("blocker = %+v, want pid %d, pgcc-test, idle in transaction, its FOR UPDATE query", b, holder)
+		}
+		if !strings.Contains(err.Error(), fmt.Sprintf("pid %d", holder)) {
+			t.Errorf("message does not name the blocker: %v", err)
+		}
+	})
+	// Row 2 is free: NOWAIT takes it.
+	inTx(t, pool, func(tx pgx.Tx) {
+		if err := lock.Row(ctx, tx, itemsTable(), lock.Key{2}, lock.WithWait(lock.NoWait)); err != nil {
+			t.Errorf("free row: %v", err)
+		}
+	})
+}
+
+func TestLockTimeout(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 2)
+	ctx := context.Background()
+	holdRow(t, pool, 1)
+	inTx(t, pool, func(tx pgx.Tx) {
+		start := time.Now()
+		_, err := lock.Rows(ctx, tx, itemsTable(), []lock.Key{{2}, {1}}, lock.WithTimeout(200*time.Millisecond))
+		elapsed := time.Since(start)
+		if !errors.Is(err, lock.ErrLockNotAvailable) || pgCode(err) != pgerrcode.LockNotAvailable {
+			t.Fatalf("err = %v, want ErrLockNotAvailable from lock_timeout", err)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("an explicit timeout reported as the context's deadline: %v", err)
+		}
+		if elapsed < 200*time.Millisecond || elapsed > 5*time.Second {
+			t.Errorf("waited %v, want about 200ms", elapsed)
+		}
+	})
+	// The timeout applies to the lock statement alone: the transaction's own setting is back afterwards.
+	inTx(t, pool, func(tx pgx.Tx) {
+		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '7s'"); err != nil {
+			t.Fatal(err)
+		}
+		if err := lock.Row(ctx, tx, itemsTable(), lock.Key{2}, lock.WithTimeout(100*time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		var setting string
+		if err := tx.QueryRow(ctx, "SHOW lock_timeout").Scan(&setting); err != nil {
+			t.Fatal(err)
+		}
+		if setting != "7s" {
+			t.Errorf("lock_timeout after the call = %q, want the transaction's 7s", setting)
+		}
+	})
+}
+
+// checkConnHealthy rolls tx back and runs a query on the same pooled connection, which must still be the
+// backend pid, then releases it; once the holder has rolled back too, the pool must have nothing acquired.
+func checkConnHealthy(t *testing.T, pool *pgxpool.Pool, conn *pgxpool.Conn, tx, holder pgx.Tx, pid uint32) {
+	t.Helper()
+	ctx := context.Background()
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatalf("rollback after the interrupted lock: %v", err)
+	}
+	if n := queryInt(t, conn, "SELECT pg_backend_pid()"); uint32(n) != pid {
+		t.Errorf("connection now on backend %d, want the same backend %d", n, pid)
+	}
+	if conn.Conn().IsClosed() {
+		t.Error("connection closed")
+	}
+	conn.Release()
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("pool has %d connections acquired after the call", n)
+	}
+}
+
+func TestContextDeadlineWhileBlocked(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 1)
+	holder, _ := holdRow(t, pool, 1)
+	conn, err := pool.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := conn.Conn().PgConn().PID()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithTimeout(time.Minute), lock.WithDiagnostics(pool))
+	elapsed := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+	}
+	le := lockError(t, err)
+	if len(le.Blockers) != 1 {
+		t.Errorf("blockers = %v, want the holder", le.Blockers)
+	}
+	if elapsed < 290*time.Millisecond || elapsed > 300*time.Millisecond+time.Second {
+		t.Errorf("returned after %v, want about 300ms", elapsed)
+	}
+	t.Logf("deadline 300ms: returned after %v (%v)", elapsed, err)
+	checkConnHealthy(t, pool, conn, tx, holder, pid)
+}
+
+func TestContextCancelWhileBlocked(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 1)
+	holder, _ := holdRow(t, pool, 1)
+	conn, err := pool.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := conn.Conn().PgConn().PID()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		err error
+		at  time.Time
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, err := lock.Load[item](ctx, tx, itemsTable(), []lock.Key{{1}})
+		done <- result{err, time.Now()}
+	}()
+	awaitWaiting(t, pool, pid)
+	cancelled := time.Now()
+	cancel()
+	r := <-done
+	latency := r.at.Sub(cancelled)
+	if !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", r.err)
+	}
+	if pgCode(r.err) != pgerrcode.QueryCanceled {
+		t.Errorf("SQLSTATE = %q, want 57014: the server cancelled the wait", pgCode(r.err))
+	}
+	lockError(t, r.err)
+	// "Promptly" is under 100ms on an idle machine (a cancel request is one local connection); the bound
+	// here is generous because the tests share a loaded machine.
+	if latency > time.Second {
+		t.Errorf("returned %v after cancellation", latency)
+	}
+	t.Logf("cancel while blocked: returned %v after cancel()", latency)
+	checkConnHealthy(t, pool, conn, tx, holder, pid)
+}
+
+// TestOppositeOrderNoDeadlock: 16 goroutines lock the same eight rows for three seconds, half listing them
+// ascending and half descending. Locking through lock.Rows takes them in key order, so no deadlock occurs.
+func TestOppositeOrderNoDeadlock(t *testing.T) {
+	t.Parallel()
+	const workers, rows = 16, 8
+	pool := setup(t, rows, func(c *pgxpool.Config) { c.MaxConns = workers })
+	ctx := context.Background()
+	asc := make([]lock.Key, rows)
+	desc := make([]lock.Key, rows)
+	ids := make([]int, rows)
+	for i := range rows {
+		asc[i], desc[rows-1-i], ids[i] = lock.Key{i + 1}, lock.Key{i + 1}, i+1
+	}
+	stop := time.Now().Add(3 * time.Second)
+	var commits, deadlocks atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			keys := asc
+			if w%2 == 1 {
+				keys = desc
+			}
+			for time.Now().Before(stop) {
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					locked, err := lock.Rows(ctx, tx, itemsTable(), keys)
+					if err != nil {
+						return err
+					}
+					if len(locked) != rows {
+						return fmt.Errorf("locked %d rows", len(locked))
+					}
+					_, err = tx.Exec(ctx, "UPDATE items SET n = n + 1 WHERE id = ANY($1)", ids)
+					return err
+				})
+				if errors.Is(err, lock.ErrDeadlock) || pgCode(err) == pgerrcode.DeadlockDetected {
+					deadlocks.Add(1)
+					continue
+				}
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				commits.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	for w, err := range errs {
+		if err != nil {
+			t.Errorf("worker %d: %v", w, err)
+		}
+	}
+	if n := deadlocks.Load(); n != 0 {
+		t.Errorf("%d deadlocks", n)
+	}
+	if commits.Load() == 0 {
+		t.Fatal("nothing committed")
+	}
+	if got, want := queryInt(t, pool, "SELECT sum(n) FROM items"), rows*commits.Load(); got != want {
+		t.Errorf("sum = %d, want %d", got, want)
+	}
+	t.Logf("%d transactions, 0 deadlocks", commits.Load())
+}
+
+// TestDeadlockIsTyped: two transactions lock rows one at a time in opposite orders, the textbook deadlock.
+// PostgreSQL aborts one; its error is a LockError matching ErrDeadlock that txn.Retryable accepts.
+func TestDeadlockIsTyped(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 2)
+	ctx := context.Background()
+	first := make(chan struct{}, 2)
+	txs := make([]pgx.Tx, 2)
+	for i := range txs {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback(ctx) }()
+		txs[i] = tx
+	}
+	pidA := txs[0].Conn().PgConn().PID()
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // A: 1 then 2
+		defer wg.Done()
+		if errs[0] = lock.Row(ctx, txs[0], itemsTable(), lock.Key{1}); errs[0] != nil {
+			first <- struct{}{}
+			return
+		}
+		first <- struct{}{}
+		<-first // wait until B holds 2 (B sends after locking)
+		errs[0] = lock.Row(ctx, txs[0], itemsTable(), lock.Key{2})
+		if errs[0] != nil {
+			_ = txs[0].Rollback(ctx)
+		}
+	}()
+	go func() { // B: 2 then 1, once A is waiting for 2
+		defer wg.Done()
+		<-first
+		if errs[1] = lock.Row(ctx, txs[1], itemsTable(), lock.Key{2}); errs[1] != nil {
+			first <- struct{}{}
+			return
+		}
+		first <- struct{}{}
+		awaitWaiting(t, pool, pidA)
+		errs[1] = lock.Row(ctx, txs[1], itemsTable(), lock.Key{1}, lock.WithDiagnostics(pool))
+		if errs[1] != nil {
+			_ = txs[1].Rollback(ctx)
+		}
+	}()
+	wg.Wait()
+	var deadlocked []error
+	for _, err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, lock.ErrDeadlock):
+			deadlocked = append(deadlocked, err)
+		default:
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	if len(deadlocked) != 1 {
+		t.Fatalf("%d deadlock errors (%v), want exactly 1", len(deadlocked), errs)
+	}
+	err := deadlocked[0]
+	if pgCode(err) != pgerrcode.DeadlockDetected || !txn.Retryable(err) || errors.Is(err, lock.ErrLockNotAvailable) {
+		t.Errorf("deadlock error %v: SQLSTATE %q, retryable %v", err, pgCode(err), txn.Retryable(err))
+	}
+	if le := lockError(t, err); le.Table != `"items"` || len(le.Keys) != 1 {
+		t.Errorf("LockError names %s %v", le.Table, le.Keys)
+	}
+}
+
+// TestCounterRowLock: 16 goroutines × 200 increments of one counter, read then written, protected only by
+// lock.Row: the final value is exact.
+func TestCounterRowLock(t *testing.T) {
+	t.Parallel()
+	const workers, rounds = 16, 200
+	pool := setup(t, 1, func(c *pgxpool.Config) { c.MaxConns = workers })
+	counter(t, pool, workers, rounds, func(ctx context.Context, tx pgx.Tx) error {
+		return lock.Row(ctx, tx, itemsTable(), lock.Key{1})
+	})
+}
+
+// TestCounterAdvisoryLock is TestCounterRowLock with a transaction-scoped advisory lock instead.
+func TestCounterAdvisoryLock(t *testing.T) {
+	t.Parallel()
+	const workers, rounds = 16, 200
+	pool := setup(t, 1, func(c *pgxpool.Config) { c.MaxConns = workers })
+	key := lock.StringKey("pgcc-test", "counter")
+	counter(t, pool, workers, rounds, func(ctx context.Context, tx pgx.Tx) error {
+		return lock.XactLock(ctx, tx, key)
+	})
+}
+
+func counter(t *testing.T, pool *pgxpool.Pool, workers, rounds int, take func(context.Context, pgx.Tx) error) {
+	t.Helper()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make([]error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+					if err := take(ctx, tx); err != nil {
+						return err
+					}
+					var n int64
+					if err := tx.QueryRow(ctx, "SELECT n FROM items WHERE id = 1").Scan(&n); err != nil {
+						return err
+					}
+					_, err := tx.Exec(ctx, "UPDATE items SET n = $1 WHERE id = 1", n+1)
+					return err
+				}, txn.WithMaxAttempts(1))
+				if err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for w, err := range errs {
+		if err != nil {
+			t.Errorf("worker %d: %v", w, err)
+		}
+	}
+	if got, want := queryInt(t, pool, "SELECT n FROM items WHERE id = 1"), int64(workers*rounds); got != want {
+		t.Errorf("counter = %d, want %d", got, want)
+	}
+}
+
+type job struct {
+	ID   int32
+	Done bool
+}
+
+// TestClaimDrainsOnce: eight workers claim batches of a 10,000-row queue with SKIP LOCKED and mark them done
+// in the same transaction; every row is claimed exactly once and none is left.
+func TestClaimDrainsOnce(t *testing.T) {
+	t.Parallel()
+	const workers, jobs, batch = 8, 10000, 50
+	pool := setup(t, 0, func(c *pgxpool.Config) { c.MaxConns = workers })
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `CREATE TABLE jobs (id int PRIMARY KEY, done bool NOT NULL DEFAULT false);
+		INSERT INTO jobs SELECT g FROM generate_series(1, 10000) g`); err != nil {
+		t.Fatal(err)
+	}
+	jobsTable := table{name: pgx.Identifier{"public", "jobs"}, keys: []string{"id"}, cols: []string{"id", "done"}}
+	claims := make([]atomic.Int32, jobs+1)
+	perWorker := make([]int, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				var n int
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					got, err := lock.Claim[job](ctx, tx, jobsTable, batch, lock.Where("NOT done"))
+					if err != nil {
+						return err
+					}
+					ids := make([]int32, len(got))
+					for i, j := range got {
+						if j.Done {
+							return fmt.Errorf("claimed job %d that is done", j.ID)
+						}
+						ids[i] = j.ID
+					}
+					n = len(got)
+					_, err = tx.Exec(ctx, "UPDATE jobs SET done = true WHERE id = ANY($1)", ids)
+					if err == nil {
+						for _, id := range ids {
+							claims[id].Add(1)
+						}
+					}
+					return err
+				})
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				if n == 0 {
+					return
+				}
+				perWorker[w] += n
+			}
+		}()
+	}
+	wg.Wait()
+	for w, err := range errs {
+		if err != nil {
+			t.Errorf("worker %d: %v", w, err)
+		}
+	}
+	for id := 1; id <= jobs; id++ {
+		if n := claims[id].Load(); n != 1 {
+			t.Errorf("job %d claimed %d times", id, n)
+		}
+	}
+	if left := queryInt(t, pool, "SELECT count(*) FROM jobs WHERE NOT done"); left != 0 {
+		t.Errorf("%d jobs left", left)
+	}
+	t.Logf("jobs per worker: %v", perWorker)
+}
+
+func TestClaimWhereArgs(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 10)
+	ctx := context.Background()
+	inTx(t, pool, func(tx pgx.Tx) {
+		got, err := lock.Claim[item](ctx, tx, itemsTable(), 3, lock.Where("id % $1 = $2", 3, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []item{{3, 0}, {6, 0}, {9, 0}}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("Claim = %v, want %v", got, want)
+		}
+		// A second claimer skips what the first holds.
+		other, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = other.Rollback(ctx) }()
+		got, err = lock.Claim[item](ctx, other, itemsTable(), 4, lock.WithStrength(lock.ForNoKeyUpdate))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []item{{1, 0}, {2, 0}, {4, 0}, {5, 0}}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("second Claim = %v, want %v", got, want)
+		}
+	})
+}

@@ -1,0 +1,291 @@
+package lock
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Table describes a table whose rows can be locked by key. A *repo.Table[T] satisfies it; so does any small
+// type that returns constants.
+type Table interface {
+	// Identifier is the table's name, schema-qualified or not.
+	Identifier() pgx.Identifier
+	// KeyColumns are the columns of the key rows are locked by, usually the primary key.
+	KeyColumns() []string
+	// SelectColumns are the columns [Load] and [Claim] read, named like the fields of the row struct.
+	SelectColumns() []string
+}
+
+// Key is the value of a row's key columns, in the order of [Table.KeyColumns]: lock.Key{42} for a one-column
+// key, lock.Key{"acme", 7} for a two-column one.
+type Key []any
+
+// Rows locks the rows of t with the given keys in tx, in one statement, and returns the keys of the rows it
+// locked, in the canonical order (ascending by key), as pgx decodes the key columns (an int column gives
+// int32, a text column string). Keys with no row are left out, and so are rows another transaction holds
+// when the wait policy is [SkipLocked].
+//
+// The rows are locked in ascending key order whatever the order of keys, so two transactions locking
+// overlapping sets never deadlock with each other through this call. The statement is
+//
+//	SELECT <key columns> FROM <table> WHERE <key> = ANY($1) ORDER BY <key columns> FOR UPDATE [NOWAIT|SKIP LOCKED]
+//
+// (with a row comparison for multi-column keys) under the strength and wait policy of the options.
+//
+// ctx bounds the wait for the locks: a deadline becomes the statement's lock_timeout, and cancellation makes
+// the server abort the wait while the connection stays usable (the transaction is then aborted and must be
+// rolled back). A lock that was not granted is a [*LockError]: errors.Is [ErrLockNotAvailable] for NOWAIT
+// and timeouts, [ErrDeadlock] for a deadlock, context.Canceled or context.DeadlineExceeded when ctx ended.
+func Rows(ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Option) ([]Key, error) {
+	cfg, err := newConfig(useRows, opts)
+	if err != nil {
+		return nil, err
+	}
+	q, err := buildLock(t, keys, cfg, t.KeyColumns())
+	if err != nil || len(keys) == 0 {
+		return nil, err
+	}
+	var locked []Key
+	q.req.scan = func(rows pgx.Rows) error {
+		for rows.Next() {
+			v, err := rows.Values()
+			if err != nil {
+				return err
+			}
+			locked = append(locked, Key(v))
+		}
+		return rows.Err()
+	}
+	if err := run(ctx, cfg, tx.Conn(), q.req); err != nil {
+		return nil, err
+	}
+	return locked, nil
+}
+
+// Row locks the row of t with key in tx, as [Rows] does for one key. It returns [ErrNotFound] when no such
+// row exists or, under [SkipLocked], when another transaction holds it.
+func Row(ctx context.Context, tx pgx.Tx, t Table, key Key, opts ...Option) error {
+	locked, err := Rows(ctx, tx, t, []Key{key}, opts...)
+	if err != nil {
+		return err
+	}
+	if len(locked) == 0 {
+		return fmt.Errorf("%w: %s key %v", ErrNotFound, t.Identifier().Sanitize(), key)
+	}
+	return nil
+}
+
+// Load locks the rows of t with the given keys, as [Rows] does, and returns them as T values, in ascending
+// key order: the select_for_update of Django or lock! of Rails. T's fields are matched to
+// [Table.SelectColumns] by name, as pgx.RowToStructByName does.
+func Load[T any](ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Option) ([]T, error) {
+	cfg, err := newConfig(useRows, opts)
+	if err != nil {
+		return nil, err
+	}
+	q, err := buildLock(t, keys, cfg, t.SelectColumns())
+	if err != nil || len(keys) == 0 {
+		return nil, err
+	}
+	var out []T
+	q.req.scan = func(rows pgx.Rows) error {
+		out, err = pgx.CollectRows(rows, pgx.RowToStructByName[T])
+		return err
+	}
+	if err := run(ctx, cfg, tx.Conn(), q.req); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Claim locks and returns up to limit rows of t that no other transaction holds, in ascending key order,
+// optionally only rows matching a [Where] predicate: the work-queue pattern. Concurrent claimers get disjoint
+// rows (FOR UPDATE SKIP LOCKED); each keeps its rows until its transaction ends, so a claimer that deletes or
+// marks its rows before committing processes every row exactly once. The statement is
+//
+//	SELECT <select columns> FROM <table> [WHERE <predicate>] ORDER BY <key columns> LIMIT $n FOR UPDATE SKIP LOCKED
+//
+// Claim takes [WithStrength], [Where] and [WithTimeout]. It never waits for a row; ctx and the timeout
+// bound the statement, including a wait for a table-level lock (a concurrent ALTER TABLE, say).
+func Claim[T any](ctx context.Context, tx pgx.Tx, t Table, limit int, opts ...Option) ([]T, error) {
+	cfg, err := newConfig(useClaim, opts)
+	if err != nil {
+		return nil, err
+	}
+	if limit < 1 {
+		return nil, fmt.Errorf("%w: Claim needs a limit of at least 1, got %d", ErrInvalidOption, limit)
+	}
+	if err := checkTable(t, t.SelectColumns()); err != nil {
+		return nil, err
+	}
+	ident := t.Identifier().Sanitize()
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	writeColumns(&b, t.SelectColumns())
+	b.WriteString(" FROM ")
+	b.WriteString(ident)
+	if cfg.where != "" {
+		b.WriteString(" WHERE (")
+		b.WriteString(cfg.where)
+		b.WriteString(")")
+	}
+	b.WriteString(" ORDER BY ")
+	writeColumns(&b, t.KeyColumns())
+	b.WriteString(" LIMIT $")
+	b.WriteString(strconv.Itoa(len(cfg.whereArgs) + 1))
+	b.WriteString(" ")
+	b.WriteString(cfg.strength.String())
+	b.WriteString(" SKIP LOCKED")
+	args := append(append(make([]any, 0, len(cfg.whereArgs)+1), cfg.whereArgs...), limit)
+
+	var out []T
+	req := request{
+		sql: b.String(), args: args, inTx: true,
+		scan: func(rows pgx.Rows) error {
+			out, err = pgx.CollectRows(rows, pgx.RowToStructByName[T])
+			return err
+		},
+		describe: func(e *LockError) { e.Table = ident },
+	}
+	if err := run(ctx, cfg, tx.Conn(), req); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// lockQuery is a row-lock statement with its request.
+type lockQuery struct {
+	req request
+}
+
+// buildLock builds the lock statement for keys of t, reading cols. One key of one column is matched with = $1,
+// several with = ANY($1) (one statement text per table and mode either way, so pgx's statement cache
+// prepares each once); multi-column keys with a row-value IN list.
+func buildLock(t Table, keys []Key, cfg *config, cols []string) (lockQuery, error) {
+	if err := checkTable(t, cols); err != nil {
+		return lockQuery{}, err
+	}
+	keyCols := t.KeyColumns()
+	for _, k := range keys {
+		if len(k) != len(keyCols) {
+			return lockQuery{}, fmt.Errorf("%w: key %v has %d values, table %s has %d key columns", ErrInvalidOption, k, len(k), t.Identifier().Sanitize(), len(keyCols))
+		}
+	}
+	ident := t.Identifier().Sanitize()
+	var b strings.Builder
+	b.Grow(128)
+	b.WriteString("SELECT ")
+	writeColumns(&b, cols)
+	b.WriteString(" FROM ")
+	b.WriteString(ident)
+	b.WriteString(" WHERE ")
+	args := writeKeyCondition(&b, keyCols, keys, 1)
+	b.WriteString(" ORDER BY ")
+	writeColumns(&b, keyCols)
+	b.WriteString(" ")
+	b.WriteString(cfg.strength.String())
+	if w := cfg.wait.String(); w != "" {
+		b.WriteString(" ")
+		b.WriteString(w)
+	}
+	return lockQuery{req: request{
+		sql: b.String(), args: args, inTx: true,
+		describe: func(e *LockError) { e.Table, e.Keys = ident, keys },
+		blockers: func(ctx context.Context, db Querier, pid uint32) ([]Blocker, error) {
+			return rowBlockers(ctx, db, pid, ident, keyCols, keys)
+		},
+	}}, nil
+}
+
+// writeKeyCondition writes the predicate matching keys, numbering parameters from first, and returns the
+// arguments.
+func writeKeyCondition(b *strings.Builder, keyCols []string, keys []Key, first int) []any {
+	if len(keys) == 0 {
+		b.WriteString("false") // never sent: Rows and Load return early
+		return nil
+	}
+	if len(keyCols) == 1 && len(keys) == 1 {
+		b.WriteString(pgx.Identifier{keyCols[0]}.Sanitize())
+		b.WriteString(" = $")
+		b.WriteString(strconv.Itoa(first))
+		return []any{keys[0][0]}
+	}
+	if len(keyCols) == 1 {
+		b.WriteString(pgx.Identifier{keyCols[0]}.Sanitize())
+		b.WriteString(" = ANY($")
+		b.WriteString(strconv.Itoa(first))
+		b.WriteString(")")
+		vals := make([]any, len(keys))
+		for i, k := range keys {
+			vals[i] = k[0]
+		}
+		return []any{vals}
+	}
+	b.WriteString("(")
+	writeColumns(b, keyCols)
+	b.WriteString(") IN (")
+	args := make([]any, 0, len(keys)*len(keyCols))
+	n := first
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(")
+		for j, v := range k {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("$")
+			b.WriteString(strconv.Itoa(n))
+			n++
+			args = append(args, v)
+		}
+		b.WriteString(")")
+	}
+	b.WriteString(")")
+	return args
+}
+
+func writeColumns(b *strings.Builder, cols []string) {
+	for i, c := range cols {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(pgx.Identifier{c}.Sanitize())
+	}
+}
+
+func checkTable(t Table, cols []string) error {
+	if t == nil {
+		return fmt.Errorf("%w: no table", ErrInvalidOption)
+	}
+	if len(t.Identifier()) == 0 || len(t.KeyColumns()) == 0 || len(cols) == 0 {
+		return fmt.Errorf("%w: table %q needs a name, key columns and columns to read", ErrInvalidOption, t.Identifier())
+	}
+	return nil
+}
+
+// rowBlockers finds the sessions holding row locks on keys of table: those whose transaction id is the xmax
+// of one of the rows (the transaction that locked or updated it) and that hold a lock on the table itself.
+// The second condition keeps a multixact xmax (rows share-locked by several transactions) from matching an
+// unrelated transaction by number; such rows report no blockers.
+func rowBlockers(ctx context.Context, db Querier, pid uint32, ident string, keyCols []string, keys []Key) ([]Blocker, error) {
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	b.WriteString(blockerColumns)
+	b.WriteString(` FROM pg_stat_activity a WHERE a.pid <> $1 AND a.pid IN (
+	SELECT l.pid FROM pg_locks l WHERE l.locktype = 'transactionid' AND l.granted AND l.transactionid IN (
+		SELECT t.xmax FROM `)
+	b.WriteString(ident)
+	b.WriteString(" t WHERE ")
+	args := writeKeyCondition(&b, keyCols, keys, 3)
+	b.WriteString(`)
+	) AND a.pid IN (SELECT r.pid FROM pg_locks r WHERE r.locktype = 'relation' AND r.granted AND r.relation = to_regclass($2))
+	ORDER BY a.xact_start`)
+	rows, err := db.Query(ctx, b.String(), append([]any{int64(pid), ident}, args...)...)
+	return collectBlockers(rows, err)
+}
