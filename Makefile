@@ -7,7 +7,7 @@ PKGS    ?= ./...
 RUN     := $(shell od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 TIMEOUT ?= 9m
 
-.PHONY: all test lint fmt bench sweep
+.PHONY: all test lint fmt bench bench-report demo sweep
 
 all: lint test
 
@@ -29,6 +29,18 @@ fmt:
 bench:
 	@status=0; PGCC_TEST_RUN=$(RUN) $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m $(PKGS) || status=$$?; \
 	$(GO) run ./internal/pgtest/sweep -run $(RUN) || true; exit $$status
+
+## demo: the main job: the same concurrent workload naively (lost updates, counted) and with each pgcc
+## strategy (none), in under a minute, against DATABASE_URL, else 127.0.0.1:5432, else testcontainers.
+demo:
+	$(GO) run ./cmd/pgcc demo
+
+## bench-report: regenerate the numbers and plots of docs/README.md (about 20 minutes).
+BENCH_FLAGS ?= -workers 1,8,32,64 -rows 1000 -duration 3s -quiet
+bench-report:
+	mkdir -p docs/bench/think-0 docs/bench/think-2ms
+	$(GO) run ./cmd/pgcc bench $(BENCH_FLAGS) -think 0 -json docs/bench/think-0/report.json -plots docs/bench/think-0 > docs/bench/think-0/report.txt && cat docs/bench/think-0/report.txt
+	$(GO) run ./cmd/pgcc bench $(BENCH_FLAGS) -think 2ms -json docs/bench/think-2ms/report.json -plots docs/bench/think-2ms > docs/bench/think-2ms/report.txt && cat docs/bench/think-2ms/report.txt
 
 ## sweep: drop test databases left by runs that were killed.
 sweep:

@@ -16,7 +16,7 @@
 //	migrations   (golang-migrate, pgx)
 //	txn          (pgx, pgerrcode)
 //	repo      -> txn
-//	lock      -> txn, repo
+//	lock         (pgx, pgerrcode; locks repo tables through its lock.Table interface)
 //	cmd/pgcc  -> internal/bench, internal/inspect -> txn, repo, lock
 //
 // internal/pgtest, the test harness, uses migrations to build the template database every test database is

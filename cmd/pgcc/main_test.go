@@ -1,0 +1,243 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgcc/pgcc/internal/bench"
+	"github.com/pgcc/pgcc/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func noEnv(string) string { return "" }
+
+// pgcc runs the command as a user would and returns its exit status and outputs.
+func pgcc(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code = run(ctx, args, &out, &errOut, noEnv)
+	return code, out.String(), errOut.String()
+}
+
+func TestParseBench(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(*benchOptions) bool
+	}{
+		{name: "defaults", args: nil, check: func(o *benchOptions) bool {
+			return len(o.cfg.Workloads) == 6 && len(o.cfg.Strategies) == 6 && len(o.cfg.Workers) == 3 && o.cfg.Duration == 3*time.Second
+		}},
+		{name: "lists", args: []string{"-workloads", "hot, bank", "-strategies", "optimistic,pessimistic", "-workers", "1,8,32,64"},
+			check: func(o *benchOptions) bool {
+				return len(o.cfg.Workloads) == 2 && o.cfg.Workloads[1] == bench.Bank && len(o.cfg.Workers) == 4 && o.cfg.Workers[3] == 64
+			}},
+		{name: "ops replaces duration", args: []string{"-ops", "500"}, check: func(o *benchOptions) bool {
+			return o.cfg.Ops == 500 && o.cfg.Duration == 0
+		}},
+		{name: "think and pgbench off", args: []string{"-think", "1ms", "-pgbench", "off"}, check: func(o *benchOptions) bool {
+			return o.cfg.Think == time.Millisecond && o.cfg.Pgbench == ""
+		}},
+		{name: "svg", args: []string{"-plot-format", "svg"}, check: func(o *benchOptions) bool { return o.plotFormat == "svg" }},
+		{name: "unknown workload", args: []string{"-workloads", "hot,lukewarm"}, wantErr: `unknown workload "lukewarm"`},
+		{name: "unknown strategy", args: []string{"-strategies", "yolo"}, wantErr: `unknown strategy "yolo"`},
+		{name: "bad workers", args: []string{"-workers", "1,x"}, wantErr: "workers"},
+		{name: "zero workers", args: []string{"-workers", "0"}, wantErr: "workers"},
+		{name: "skew", args: []string{"-skew", "0.5"}, wantErr: "skew"},
+		{name: "rows", args: []string{"-rows", "1"}, wantErr: "rows 1"},
+		{name: "negative think", args: []string{"-think", "-1ms"}, wantErr: "think"},
+		{name: "no duration", args: []string{"-duration", "0"}, wantErr: "duration"},
+		{name: "bad backoff", args: []string{"-backoff-base", "1s", "-backoff-cap", "1ms"}, wantErr: "backoff"},
+		{name: "plot format", args: []string{"-plot-format", "gif"}, wantErr: "plot-format"},
+		{name: "missing pgbench", args: []string{"-pgbench", "/nonexistent/pgbench"}, wantErr: "-pgbench"},
+		{name: "unknown flag", args: []string{"-colour"}, wantErr: "flag provided but not defined: -colour"},
+		{name: "bad duration", args: []string{"-duration", "soon"}, wantErr: "invalid value"},
+		{name: "stray argument", args: []string{"extra"}, wantErr: `unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseBench(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want a usage error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !tt.check(o) {
+				t.Fatalf("parseBench(%q) = %+v, %v", tt.args, o, err)
+			}
+		})
+	}
+}
+
+func TestParseDemoAndLocks(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		parse   func([]string, io.Writer) error
+		args    []string
+		wantErr string
+	}{
+		{"demo defaults", demoParser, nil, ""},
+		{"demo small", demoParser, []string{"-workers", "4", "-ops", "40", "-think", "0"}, ""},
+		{"demo one worker", demoParser, []string{"-workers", "1"}, "cannot race"},
+		{"demo ops", demoParser, []string{"-ops", "0"}, "-ops 0"},
+		{"demo think", demoParser, []string{"-think", "2s"}, "-think"},
+		{"locks defaults", locksParser, nil, ""},
+		{"locks watch", locksParser, []string{"-watch", "2s", "-count", "3", "-all"}, ""},
+		{"locks fast watch", locksParser, []string{"-watch", "1ms"}, "-watch"},
+		{"locks width", locksParser, []string{"-width", "-3"}, "-width"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.parse(tt.args, io.Discard)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want a usage error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func demoParser(a []string, w io.Writer) error  { _, err := parseDemo(a, w); return err }
+func locksParser(a []string, w io.Writer) error { _, err := parseLocks(a, w); return err }
+
+// TestUsageErrors checks what a user sees: one line on stderr, exit status 2 for bad usage, 1 for a database
+// that does not answer, 0 and the flags for -h.
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args     []string
+		code     int
+		contains string
+	}{
+		{nil, 2, "usage: pgcc <command>"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"bench", "-workers", "abc"}, 2, "pgcc bench: "},
+		{[]string{"demo", "-workers", "1"}, 2, "pgcc demo: "},
+		{[]string{"bench", "-dsn", "postgres://postgres@127.0.0.1:1/none?connect_timeout=2", "-pgbench", "off"}, 1, "cannot reach the database"},
+		{[]string{"locks", "-dsn", "not a dsn ==="}, 1, "bad connection string"},
+	} {
+		code, _, stderr := pgcc(t, tt.args...)
+		if code != tt.code || !strings.Contains(stderr, tt.contains) {
+			t.Errorf("pgcc %q: exit %d, stderr %q; want exit %d containing %q", tt.args, code, stderr, tt.code, tt.contains)
+		}
+		if tt.code == 1 && strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("pgcc %q: error is not one line: %q", tt.args, stderr)
+		}
+		if strings.Contains(stderr, "goroutine ") || strings.Contains(stderr, "panic") {
+			t.Errorf("pgcc %q: stack trace on stderr: %q", tt.args, stderr)
+		}
+	}
+	code, _, stderr := pgcc(t, "bench", "-h")
+	if code != 0 || !strings.Contains(stderr, "-workloads") {
+		t.Errorf("bench -h: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestDemo runs a small demo end to end and checks the table: naive may lose updates, no strategy may.
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	code, out, stderr := pgcc(t, "demo", "-dsn", db.DSN, "-workers", "4", "-ops", "60", "-think", "1ms")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, st := range []string{"naive", "optimistic", "pessimistic", "nowait", "serializable", "advisory"} {
+		var line string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, st+" ") {
+				line = l
+				break
+			}
+		}
+		if line == "" {
+			t.Fatalf("no %s line in:\n%s", st, out)
+		}
+		if st != "naive" && !strings.HasSuffix(strings.TrimSpace(line), "exact") {
+			t.Errorf("%s: %q, want exact", st, line)
+		}
+	}
+}
+
+// TestBench runs a two-second bench on small sizes and checks the report: invariant column, JSON, plots.
+func TestBench(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	dir := t.TempDir()
+	jsonPath := filepath.Join(dir, "report.json")
+	code, out, stderr := pgcc(t, "bench", "-dsn", db.DSN, "-workloads", "hot,bank,queue", "-strategies", "naive,optimistic,pessimistic",
+		"-workers", "1,4", "-rows", "50", "-ops", "40", "-think", "0", "-json", jsonPath, "-plots", dir, "-plot-format", "svg", "-quiet")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(out, "violations") || !strings.Contains(out, "balance units misplaced") {
+		t.Errorf("table lacks the invariant columns:\n%s", out)
+	}
+	raw, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatalf("report.json: %v", err)
+	}
+	if len(rep.Cells) != 3*3*2 {
+		t.Fatalf("cells = %d, want 18", len(rep.Cells))
+	}
+	for _, c := range rep.Cells {
+		if c.Ops == 0 || c.Goodput <= 0 || c.Invariant == "" {
+			t.Errorf("cell %+v: empty measurement", c)
+		}
+		if c.Strategy != bench.Naive && (c.Violations != 0 || len(c.Errors) != 0) {
+			t.Errorf("cell %s/%s×%d: violations %d, errors %v", c.Workload, c.Strategy, c.Workers, c.Violations, c.Errors)
+		}
+	}
+	for _, w := range []string{"hot", "bank", "queue"} {
+		for _, m := range []string{"throughput", "p99"} {
+			f, err := os.Open(filepath.Join(dir, w+"-"+m+".svg"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dec := xml.NewDecoder(f)
+			for {
+				if _, err := dec.Token(); err != nil {
+					if err != io.EOF {
+						t.Errorf("%s-%s.svg is not well-formed XML: %v", w, m, err)
+					}
+					break
+				}
+			}
+			f.Close()
+		}
+	}
+}
+
+// TestLocksOnce runs the inspector once against the test database.
+func TestLocksOnce(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	code, out, stderr := pgcc(t, "locks", "-dsn", db.DSN, "-watch", "100ms", "-count", "2")
+	if code != 0 || strings.Count(out, "waiting for a lock")+strings.Count(out, "session(s) waiting") < 2 {
+		t.Fatalf("exit %d, out %q, stderr %q", code, out, stderr)
+	}
+}

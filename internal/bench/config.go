@@ -1,0 +1,198 @@
+// Package bench runs concurrent read-modify-write workloads against PostgreSQL with each concurrency-control
+// strategy pgcc offers (and a naive baseline without any), measures goodput, retries and latency, checks
+// each workload's invariant exactly, compares with pgbench running the equivalent scripts, and writes the
+// report as a table, JSON and plots. It is the engine of `pgcc bench` and `pgcc demo`.
+//
+// Every strategy goes through the public API of txn, repo and lock, so the numbers measure the library as
+// users call it.
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Workload names a shape of contention.
+type Workload string
+
+// The workloads. All but Queue work on one table of rows (id, value, version).
+const (
+	// Hot increments a single counter row: maximum contention.
+	Hot Workload = "hot"
+	// Uniform increments one of Rows counters chosen uniformly.
+	Uniform Workload = "uniform"
+	// Zipf increments one of Rows counters chosen with a Zipf distribution of exponent Skew: a few hot rows
+	// and a long tail, as real traffic usually is.
+	Zipf Workload = "zipf"
+	// Bank moves 1 to 10 units between two distinct random accounts; the total balance is conserved.
+	Bank Workload = "bank"
+	// Inventory reserves one unit of a Zipf-chosen item when its stock allows; stock never goes below zero
+	// and every reservation is subtracted exactly once.
+	Inventory Workload = "inventory"
+	// Queue has workers take jobs from a table of Rows jobs until it is empty; each job must be processed
+	// exactly once.
+	Queue Workload = "queue"
+)
+
+// Workloads lists every workload in report order.
+var allWorkloads = []Workload{Hot, Uniform, Zipf, Bank, Inventory, Queue}
+
+// Strategy names a concurrency-control strategy.
+type Strategy string
+
+// The strategies.
+const (
+	// Naive reads, thinks and writes back in a READ COMMITTED transaction with no control at all: the
+	// baseline that loses updates.
+	Naive Strategy = "naive"
+	// Optimistic reads without locks, writes with a version compare-and-swap (repo) and on conflict reloads
+	// and re-applies (repo.Modify, or txn.Retry around repo.UpdateAll for several rows).
+	Optimistic Strategy = "optimistic"
+	// Pessimistic locks the rows first (lock.Load, SELECT … FOR UPDATE in key order; SKIP LOCKED for the
+	// queue), waiting for holders, inside txn.Run.
+	Pessimistic Strategy = "pessimistic"
+	// NoWait locks with NOWAIT and retries the whole transaction with backoff when a row is taken.
+	NoWait Strategy = "nowait"
+	// Serializable reads and writes plainly in a SERIALIZABLE transaction that txn.Run retries.
+	Serializable Strategy = "serializable"
+	// Advisory takes transaction-scoped advisory locks on the keys (in key order) before reading.
+	Advisory Strategy = "advisory"
+)
+
+var allStrategies = []Strategy{Naive, Optimistic, Pessimistic, NoWait, Serializable, Advisory}
+
+// Config describes one benchmark invocation: every workload × strategy × worker count is a cell.
+type Config struct {
+	Workloads  []Workload
+	Strategies []Strategy
+	// Workers lists the concurrency levels, one cell each.
+	Workers []int
+	// Rows is the number of rows of Uniform, Zipf, Bank and Inventory, and the number of jobs of Queue.
+	Rows int
+	// Skew is the Zipf exponent (> 1) of Zipf and Inventory.
+	Skew float64
+	// Duration bounds each cell; Ops, when positive, instead fixes the number of operations of each cell.
+	Duration time.Duration
+	Ops      int
+	// Think is held inside each operation between its read and its write: the time a service spends deciding
+	// (calling another service, computing). It decides whether optimistic or pessimistic wins.
+	Think time.Duration
+	// MaxAttempts and Backoff bound the retries of the retrying strategies (passed to txn).
+	MaxAttempts int
+	BackoffBase time.Duration
+	BackoffCap  time.Duration
+	// Stock is the initial stock of each Inventory item and the initial balance of each Bank account.
+	Stock int64
+	// Pgbench, when non-empty, is the pgbench binary run on the equivalent scripts for comparison.
+	Pgbench string
+	// Seed makes the key choices reproducible.
+	Seed uint64
+	// Progress, when not nil, receives a live progress line (carriage-return refreshed) while cells run.
+	Progress io.Writer
+}
+
+// DefaultConfig is what `pgcc bench` runs without flags.
+func DefaultConfig() Config {
+	return Config{
+		Workloads:   slices.Clone(allWorkloads),
+		Strategies:  slices.Clone(allStrategies),
+		Workers:     []int{1, 8, 32},
+		Rows:        1000,
+		Skew:        1.1,
+		Duration:    3 * time.Second,
+		Think:       0,
+		MaxAttempts: 100,
+		BackoffBase: time.Millisecond,
+		BackoffCap:  100 * time.Millisecond,
+		Stock:       1_000_000,
+		Seed:        1,
+	}
+}
+
+// ErrInvalidConfig is matched by every configuration error.
+var ErrInvalidConfig = errors.New("pgcc bench: invalid configuration")
+
+// Validate checks cfg and says what is wrong with the first bad field.
+func (c *Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	if len(c.Workloads) == 0 || len(c.Strategies) == 0 || len(c.Workers) == 0 {
+		return bad("need at least one workload, strategy and worker count")
+	}
+	for _, w := range c.Workers {
+		if w < 1 || w > 1024 {
+			return bad("workers %d out of range 1..1024", w)
+		}
+	}
+	switch {
+	case c.Rows < 2:
+		return bad("rows %d: need at least 2 (bank moves between two distinct rows)", c.Rows)
+	case c.Rows > 10_000_000:
+		return bad("rows %d: at most 10,000,000", c.Rows)
+	case !(c.Skew > 1):
+		return bad("skew %v: the Zipf exponent must be > 1", c.Skew)
+	case c.Ops < 0:
+		return bad("ops %d is negative", c.Ops)
+	case c.Ops == 0 && c.Duration <= 0:
+		return bad("need a positive duration or a number of operations")
+	case c.Think < 0:
+		return bad("think time %v is negative", c.Think)
+	case c.MaxAttempts < 1:
+		return bad("max attempts %d: need at least 1", c.MaxAttempts)
+	case c.BackoffBase <= 0 || c.BackoffCap < c.BackoffBase:
+		return bad("backoff base %v, cap %v: need 0 < base <= cap", c.BackoffBase, c.BackoffCap)
+	case c.Stock < 1:
+		return bad("stock %d: need at least 1", c.Stock)
+	}
+	return nil
+}
+
+// ParseWorkloads reads a comma-separated list of workload names; "all" means every workload.
+func ParseWorkloads(s string) ([]Workload, error) {
+	return parseList(s, allWorkloads, "workload")
+}
+
+// ParseStrategies reads a comma-separated list of strategy names; "all" means every strategy.
+func ParseStrategies(s string) ([]Strategy, error) {
+	return parseList(s, allStrategies, "strategy")
+}
+
+func parseList[T ~string](s string, known []T, what string) ([]T, error) {
+	if strings.TrimSpace(s) == "all" {
+		return slices.Clone(known), nil
+	}
+	var out []T
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(known, T(f)) {
+			names := make([]string, len(known))
+			for i, k := range known {
+				names[i] = string(k)
+			}
+			return nil, fmt.Errorf("%w: unknown %s %q (known: %s, or all)", ErrInvalidConfig, what, f, strings.Join(names, ", "))
+		}
+		if !slices.Contains(out, T(f)) {
+			out = append(out, T(f))
+		}
+	}
+	return out, nil
+}
+
+// ParseWorkers reads a comma-separated list of worker counts such as "1,8,32,64".
+func ParseWorkers(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%w: workers %q: want positive integers separated by commas", ErrInvalidConfig, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,251 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// Report is the outcome of [Run]: the machine, the configuration and one cell per workload × strategy ×
+// worker count.
+type Report struct {
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	Machine  Machine   `json:"machine"`
+	Config   struct {
+		Workloads   []Workload `json:"workloads"`
+		Strategies  []Strategy `json:"strategies"`
+		Workers     []int      `json:"workers"`
+		Rows        int        `json:"rows"`
+		Skew        float64    `json:"skew"`
+		Seconds     float64    `json:"seconds_per_cell,omitempty"`
+		Ops         int        `json:"ops_per_cell,omitempty"`
+		ThinkMS     float64    `json:"think_ms"`
+		MaxAttempts int        `json:"max_attempts"`
+	} `json:"config"`
+	Cells []Cell `json:"cells"`
+	// PgbenchSkipped says why pgbench did not run, when it did not.
+	PgbenchSkipped string `json:"pgbench_skipped,omitempty"`
+}
+
+// Machine describes where the numbers were measured.
+type Machine struct {
+	CPUs     int    `json:"cpus"`
+	OS       string `json:"os"`
+	Go       string `json:"go"`
+	Server   string `json:"server"`
+	Pgbench  string `json:"pgbench,omitempty"`
+	Hostname string `json:"hostname,omitempty"`
+}
+
+// Run creates a scratch schema, runs every cell of cfg in turn (and its pgbench twin when cfg.Pgbench is set
+// and the cell has one), checks each invariant, drops the schema and returns the report. ctx bounds the whole
+// run; when it ends, Run stops the running cell and returns ctx's error after dropping the schema.
+func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if need := slices.Max(cfg.Workers); int(pool.Config().MaxConns) < need {
+		return nil, fmt.Errorf("%w: %d workers need a pool of at least %d connections (pool has %d)",
+			ErrInvalidConfig, need, need, pool.Config().MaxConns)
+	}
+	rep := &Report{Started: time.Now()}
+	rep.Machine = Machine{CPUs: runtime.NumCPU(), OS: runtime.GOOS + "/" + runtime.GOARCH, Go: runtime.Version()}
+	rep.Machine.Hostname, _ = os.Hostname()
+	if err := pool.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&rep.Machine.Server); err != nil {
+		return nil, fmt.Errorf("pgcc bench: %w", err)
+	}
+	c := &rep.Config
+	c.Workloads, c.Strategies, c.Workers, c.Rows, c.Skew = cfg.Workloads, cfg.Strategies, cfg.Workers, cfg.Rows, cfg.Skew
+	c.Ops, c.ThinkMS, c.MaxAttempts = cfg.Ops, float64(cfg.Think.Microseconds())/1000, cfg.MaxAttempts
+	if cfg.Ops == 0 {
+		c.Seconds = cfg.Duration.Seconds()
+	}
+	if cfg.Pgbench != "" {
+		if out, err := execOutput(ctx, cfg.Pgbench, "--version"); err == nil {
+			rep.Machine.Pgbench = strings.TrimSpace(out)
+		} else {
+			rep.PgbenchSkipped = "pgbench did not run: " + err.Error()
+			cfg.Pgbench = ""
+		}
+	} else {
+		rep.PgbenchSkipped = "pgbench not found on PATH (or disabled)"
+	}
+
+	schema := newSchemaName()
+	if err := setup(ctx, pool, schema); err != nil {
+		return nil, err
+	}
+	defer func() { _ = teardown(ctx, pool, schema) }()
+	e, err := newEnv(cfg, pool, schema)
+	if err != nil {
+		return nil, err
+	}
+	dsn := pool.Config().ConnString()
+	total := len(cfg.Workloads) * len(cfg.Strategies) * len(cfg.Workers)
+	n := 0
+	for _, w := range cfg.Workloads {
+		for _, st := range cfg.Strategies {
+			for _, workers := range cfg.Workers {
+				n++
+				label := fmt.Sprintf("[%d/%d] %s %s ×%d", n, total, w, st, workers)
+				progress := func(committed, retries int64) {
+					if cfg.Progress != nil {
+						fmt.Fprintf(cfg.Progress, "\r\033[K%s: %d ops, %d retries", label, committed, retries)
+					}
+				}
+				cell, err := e.runCell(ctx, w, st, workers, progress)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", label, err)
+				}
+				if script := e.pgbenchScript(w, st); cfg.Pgbench != "" && script != "" {
+					progress(cell.Ops, 0)
+					if cfg.Progress != nil {
+						fmt.Fprintf(cfg.Progress, " · pgbench")
+					}
+					if _, err := e.reset(ctx, w); err != nil {
+						return nil, err
+					}
+					// pgbench opens its own connections: close the pool's idle ones first, so that both
+					// together never need more than the server allows.
+					pool.Reset()
+					pb, err := e.runPgbench(ctx, dsn, script, workers)
+					if err != nil {
+						return nil, fmt.Errorf("%s: %w", label, err)
+					}
+					if pb.TPS > 0 {
+						pb.Ratio = cell.Goodput / pb.TPS
+					}
+					cell.Pgbench = pb
+				}
+				if cfg.Progress != nil {
+					fmt.Fprintf(cfg.Progress, "\r\033[K%s: %.0f ops/s, violations %d\n", label, cell.Goodput, cell.Violations)
+				}
+				rep.Cells = append(rep.Cells, cell)
+			}
+		}
+	}
+	rep.Finished = time.Now()
+	return rep, nil
+}
+
+// WriteTable writes the report as an aligned text table, one line per cell.
+func (r *Report) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tstrategy\tworkers\tops/s\tattempts/op\tretries\tfailed\tp50 ms\tp95 ms\tp99 ms\tinvariant\tviolations\tpgbench tps\tpgcc/pgbench\t")
+	for _, c := range r.Cells {
+		pgb, ratio := "-", "-"
+		if c.Pgbench != nil {
+			pgb, ratio = fmt.Sprintf("%.0f", c.Pgbench.TPS), fmt.Sprintf("%.2f", c.Pgbench.Ratio)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%d\t%d\t%.2f\t%.2f\t%.2f\t%s\t%d\t%s\t%s\t\n",
+			c.Workload, c.Strategy, c.Workers, c.Goodput, c.AttemptsPerOp, sum(c.Retries), sum(c.Errors),
+			c.P50, c.P95, c.P99, c.Invariant, c.Violations, pgb, ratio)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if r.PgbenchSkipped != "" {
+		_, err := fmt.Fprintf(w, "(%s)\n", r.PgbenchSkipped)
+		return err
+	}
+	return nil
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WritePlots writes two plots per workload into dir: goodput and p99 latency against workers, one line per
+// strategy. format is "png" or "svg". It returns the files written.
+func (r *Report) WritePlots(dir, format string) ([]string, error) {
+	if format != "png" && format != "svg" {
+		return nil, fmt.Errorf("%w: plot format %q: want png or svg", ErrInvalidConfig, format)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, w := range r.Config.Workloads {
+		for _, m := range []struct {
+			name, title, unit string
+			value             func(Cell) float64
+		}{
+			{"throughput", "committed operations per second", "ops/s", func(c Cell) float64 { return c.Goodput }},
+			{"p99", "p99 latency of committed operations", "ms", func(c Cell) float64 { return c.P99 }},
+		} {
+			p := plot.New()
+			p.Title.Text = fmt.Sprintf("%s: %s", w, m.title)
+			p.X.Label.Text = "workers (log scale)"
+			p.Y.Label.Text = m.unit
+			p.Legend.Top = true
+			var lines []any
+			for _, st := range r.Config.Strategies {
+				var pts plotter.XYs
+				for _, c := range r.Cells {
+					if c.Workload == w && c.Strategy == st {
+						pts = append(pts, plotter.XY{X: float64(c.Workers), Y: m.value(c)})
+					}
+				}
+				sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
+				if len(pts) > 0 {
+					lines = append(lines, string(st), pts)
+				}
+			}
+			if len(lines) == 0 {
+				continue
+			}
+			if err := plotutil.AddLinePoints(p, lines...); err != nil {
+				return files, err
+			}
+			p.Y.Min = 0
+			// Room above the lines for the legend.
+			p.Y.Max *= 1.3
+			p.X.Scale = plot.LogScale{}
+			var workers []int
+			for _, c := range r.Cells {
+				if c.Workload == w && !slices.Contains(workers, c.Workers) {
+					workers = append(workers, c.Workers)
+				}
+			}
+			var ticks []plot.Tick
+			for _, n := range workers {
+				ticks = append(ticks, plot.Tick{Value: float64(n), Label: fmt.Sprint(n)})
+			}
+			p.X.Tick.Marker = plot.ConstantTicks(ticks)
+			p.X.Min, p.X.Max = float64(slices.Min(workers))*0.8, float64(slices.Max(workers))*1.25
+			path := filepath.Join(dir, fmt.Sprintf("%s-%s.%s", w, m.name, format))
+			if err := p.Save(7*vg.Inch, 4.5*vg.Inch, path); err != nil {
+				return files, fmt.Errorf("pgcc bench: write %s: %w", path, err)
+			}
+			files = append(files, path)
+		}
+	}
+	return files, nil
+}
+
+func sum(m map[string]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
