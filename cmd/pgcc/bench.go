@@ -21,6 +21,8 @@ type benchOptions struct {
 	plotDir    string
 	plotFormat string
 	quiet      bool
+	// from, when set, is a JSON report to print and plot again instead of running anything.
+	from string
 }
 
 func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
@@ -47,6 +49,7 @@ func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
 	fs.StringVar(&o.plotDir, "plots", "", "write throughput and p99 plots per workload into this folder")
 	fs.StringVar(&o.plotFormat, "plot-format", "png", "plot format: png or svg")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress line")
+	fs.StringVar(&o.from, "from", "", "print and plot a JSON report of an earlier run instead of running (no database needed)")
 	if err := parse(fs, args, stderr); err != nil {
 		return nil, err
 	}
@@ -87,17 +90,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	if err != nil {
 		return err
 	}
-	if !o.quiet {
-		o.cfg.Progress = stderr
-	}
-	pool, where, closeDB, err := connect(ctx, o.dsn, getenv, slices.Max(o.cfg.Workers)+2)
-	if err != nil {
-		return err
-	}
-	defer closeDB()
-	fmt.Fprintf(stderr, "pgcc bench: database from %s\n", where)
 	start := time.Now()
-	rep, err := bench.Run(ctx, pool, o.cfg)
+	var rep *bench.Report
+	if o.from != "" {
+		rep, err = readReport(o.from)
+	} else {
+		rep, err = measure(ctx, o, stderr, getenv)
+	}
 	if err != nil {
 		return err
 	}
@@ -127,6 +126,29 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		}
 	}
 	return nil
+}
+
+// measure runs the benchmark o describes.
+func measure(ctx context.Context, o *benchOptions, stderr io.Writer, getenv func(string) string) (*bench.Report, error) {
+	if !o.quiet {
+		o.cfg.Progress = stderr
+	}
+	pool, where, closeDB, err := connect(ctx, o.dsn, getenv, slices.Max(o.cfg.Workers)+2)
+	if err != nil {
+		return nil, err
+	}
+	defer closeDB()
+	fmt.Fprintf(stderr, "pgcc bench: database from %s\n", where)
+	return bench.Run(ctx, pool, o.cfg)
+}
+
+func readReport(path string) (*bench.Report, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return bench.ReadReport(f)
 }
 
 func writeJSON(rep *bench.Report, path string, stdout io.Writer) error {

@@ -212,6 +212,17 @@ func TestBench(t *testing.T) {
 			t.Errorf("cell %s/%s×%d: violations %d, errors %v", c.Workload, c.Strategy, c.Workers, c.Violations, c.Errors)
 		}
 	}
+	// The report plots again from its JSON, without a database.
+	replot := filepath.Join(dir, "again")
+	if code, out2, stderr := pgcc(t, "bench", "-from", jsonPath, "-plots", replot); code != 0 || out2 != out {
+		t.Errorf("-from: exit %d, %s; table differs: %v", code, stderr, out2 != out)
+	}
+	if b, err := os.ReadFile(filepath.Join(replot, "bank-p99.png")); err != nil || !strings.HasPrefix(string(b), "\x89PNG") {
+		t.Errorf("-from did not write bank-p99.png: %v", err)
+	}
+	if code, _, stderr := pgcc(t, "bench", "-from", filepath.Join(dir, "bank-p99.svg")); code != 1 || !strings.Contains(stderr, "read report") {
+		t.Errorf("-from on a non-report: exit %d, %q", code, stderr)
+	}
 	for _, w := range []string{"hot", "bank", "queue"} {
 		for _, m := range []string{"throughput", "p99"} {
 			f, err := os.Open(filepath.Join(dir, w+"-"+m+".svg"))

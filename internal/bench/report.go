@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -174,6 +175,19 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
+// ReadReport reads a report written by [Report.WriteJSON], to print or plot it again or compare it with
+// another run.
+func ReadReport(r io.Reader) (*Report, error) {
+	var rep Report
+	if err := json.NewDecoder(r).Decode(&rep); err != nil {
+		return nil, fmt.Errorf("pgcc bench: read report: %w", err)
+	}
+	if len(rep.Cells) == 0 {
+		return nil, fmt.Errorf("pgcc bench: read report: no cells")
+	}
+	return &rep, nil
+}
+
 // WritePlots writes two plots per workload into dir: goodput and p99 latency against workers, one line per
 // strategy. format is "png" or "svg". It returns the files written.
 func (r *Report) WritePlots(dir, format string) ([]string, error) {
@@ -190,7 +204,7 @@ func (r *Report) WritePlots(dir, format string) ([]string, error) {
 			value             func(Cell) float64
 		}{
 			{"throughput", "committed operations per second", "ops/s", func(c Cell) float64 { return c.Goodput }},
-			{"p99", "p99 latency of committed operations", "ms", func(c Cell) float64 { return c.P99 }},
+			{"p99", "p99 latency of committed operations", "ms (log scale)", func(c Cell) float64 { return max(c.P99, 0.01) }},
 		} {
 			p := plot.New()
 			p.Title.Text = fmt.Sprintf("%s: %s", w, m.title)
@@ -216,9 +230,19 @@ func (r *Report) WritePlots(dir, format string) ([]string, error) {
 			if err := plotutil.AddLinePoints(p, lines...); err != nil {
 				return files, err
 			}
-			p.Y.Min = 0
-			// Room above the lines for the legend.
-			p.Y.Max *= 1.3
+			if m.name == "p99" {
+				// Latencies span milliseconds to seconds: a log scale keeps the fast strategies readable, and
+				// the legend goes top left, away from the slowest lines at many workers.
+				p.Y.Scale = plot.LogScale{}
+				p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+				p.Y.Min = math.Max(p.Y.Min/2, 0.01)
+				p.Y.Max *= 4
+				p.Legend.Left = true
+			} else {
+				p.Y.Min = 0
+				// Room above the lines for the legend.
+				p.Y.Max *= 1.3
+			}
 			p.X.Scale = plot.LogScale{}
 			var workers []int
 			for _, c := range r.Cells {
