@@ -170,6 +170,10 @@ func TestSessionLockReleaseAndReuse(t *testing.T) {
 	}
 }
 
+// thisDB restricts a pg_locks query to the test's own database: pg_locks shows the whole server, where other
+// tests take advisory locks with the same keys in their own databases.
+const thisDB = "(SELECT oid FROM pg_database WHERE datname = current_database())"
+
 func TestSessionLockCancelWhileWaiting(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 0, func(c *pgxpool.Config) { c.MaxConns = 3 })
@@ -188,7 +192,7 @@ func TestSessionLockCancelWhileWaiting(t *testing.T) {
 	// Wait until some backend waits on the advisory lock.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == 1 {
+		if queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "+thisDB) == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -205,7 +209,7 @@ func TestSessionLockCancelWhileWaiting(t *testing.T) {
 	}
 	// The waiter's connection went back healthy, holding nothing: the pool's other connections work and
 	// pg_locks shows one advisory lock.
-	if n := queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"); n != 1 {
+	if n := queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "+thisDB); n != 1 {
 		t.Errorf("%d advisory locks, want the holder's only", n)
 	}
 }
