@@ -45,12 +45,12 @@ func Rows(ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Option) (
 	if err != nil {
 		return nil, err
 	}
-	q, err := buildLock(t, keys, cfg, t.KeyColumns())
+	req, err := buildLock(t, keys, cfg, t.KeyColumns())
 	if err != nil || len(keys) == 0 {
 		return nil, err
 	}
 	var locked []Key
-	q.req.scan = func(rows pgx.Rows) error {
+	req.scan = func(rows pgx.Rows) error {
 		for rows.Next() {
 			v, err := rows.Values()
 			if err != nil {
@@ -60,7 +60,7 @@ func Rows(ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Option) (
 		}
 		return rows.Err()
 	}
-	if err := run(ctx, cfg, tx.Conn(), q.req); err != nil {
+	if err := run(ctx, cfg, tx.Conn(), req); err != nil {
 		return nil, err
 	}
 	return locked, nil
@@ -87,16 +87,16 @@ func Load[T any](ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Op
 	if err != nil {
 		return nil, err
 	}
-	q, err := buildLock(t, keys, cfg, t.SelectColumns())
+	req, err := buildLock(t, keys, cfg, t.SelectColumns())
 	if err != nil || len(keys) == 0 {
 		return nil, err
 	}
 	var out []T
-	q.req.scan = func(rows pgx.Rows) error {
+	req.scan = func(rows pgx.Rows) error {
 		out, err = pgx.CollectRows(rows, pgx.RowToStructByName[T])
 		return err
 	}
-	if err := run(ctx, cfg, tx.Conn(), q.req); err != nil {
+	if err := run(ctx, cfg, tx.Conn(), req); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -157,22 +157,17 @@ func Claim[T any](ctx context.Context, tx pgx.Tx, t Table, limit int, opts ...Op
 	return out, nil
 }
 
-// lockQuery is a row-lock statement with its request.
-type lockQuery struct {
-	req request
-}
-
 // buildLock builds the lock statement for keys of t, reading cols. One key of one column is matched with = $1,
 // several with = ANY($1) (one statement text per table and mode either way, so pgx's statement cache
 // prepares each once); multi-column keys with a row-value IN list.
-func buildLock(t Table, keys []Key, cfg *config, cols []string) (lockQuery, error) {
+func buildLock(t Table, keys []Key, cfg *config, cols []string) (request, error) {
 	if err := checkTable(t, cols); err != nil {
-		return lockQuery{}, err
+		return request{}, err
 	}
 	keyCols := t.KeyColumns()
 	for _, k := range keys {
 		if len(k) != len(keyCols) {
-			return lockQuery{}, fmt.Errorf("%w: key %v has %d values, table %s has %d key columns", ErrInvalidOption, k, len(k), t.Identifier().Sanitize(), len(keyCols))
+			return request{}, fmt.Errorf("%w: key %v has %d values, table %s has %d key columns", ErrInvalidOption, k, len(k), t.Identifier().Sanitize(), len(keyCols))
 		}
 	}
 	ident := t.Identifier().Sanitize()
@@ -192,13 +187,13 @@ func buildLock(t Table, keys []Key, cfg *config, cols []string) (lockQuery, erro
 		b.WriteString(" ")
 		b.WriteString(w)
 	}
-	return lockQuery{req: request{
+	return request{
 		sql: b.String(), args: args, inTx: true,
 		describe: func(e *LockError) { e.Table, e.Keys = ident, keys },
 		blockers: func(ctx context.Context, db Querier, pid uint32) ([]Blocker, error) {
 			return rowBlockers(ctx, db, pid, ident, keyCols, keys)
 		},
-	}}, nil
+	}, nil
 }
 
 // writeKeyCondition writes the predicate matching keys, numbering parameters from first, and returns the

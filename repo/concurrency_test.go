@@ -3,6 +3,7 @@ package repo_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/repo"
@@ -408,4 +410,69 @@ func TestModifyErrors(t *testing.T) {
 		t.Fatalf("Modify against a constant writer: %v after %d calls", err, calls)
 	}
 	wantConflict(t, exhausted.Err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: 3, Actual: 4})
+}
+
+// TestModifyConflictRoundTrips: one conflict costs Modify one read, which serves both as the actual version
+// the retry hook sees and as the next attempt's starting point: read, write (no row), read, write.
+func TestModifyConflictRoundTrips(t *testing.T) {
+	t.Parallel()
+	tracer := &statementLog{}
+	_, pool, accounts := setup(t, 1, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
+	ctx := context.Background()
+	calls := 0
+	var seen *repo.ConflictError
+	_, err := accounts.Modify(ctx, pool, repo.Key{int64(1)}, func(ctx context.Context, a *Account) error {
+		calls++
+		if calls == 1 {
+			// Someone else commits between our read and our write, twice, so the version moves from 1 to 3.
+			for range 2 {
+				if _, err := pool.Exec(ctx, "UPDATE accounts SET version = version + 1 WHERE id = 1"); err != nil {
+					return err
+				}
+			}
+			tracer.reset()
+		}
+		a.Balance++
+		return nil
+	}, txn.OnRetry(func(_ int, err error, _ time.Duration) { errors.As(err, &seen) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen == nil || seen.Expected != 1 || seen.Actual != 3 || seen.Deleted {
+		t.Fatalf("retry hook saw %+v, want expected 1, actual 3", seen)
+	}
+	if got := tracer.statements(); len(got) != 3 {
+		// After the reset: the failed UPDATE, the read after it, the UPDATE that lands.
+		t.Fatalf("statements after the first read = %q, want UPDATE, SELECT, UPDATE", got)
+	}
+	if got := mustGet(t, accounts, pool, int64(1)); calls != 2 || got.Balance != 101 || got.Version != 4 {
+		t.Fatalf("%d calls, stored %+v; want 2 calls and balance 101 at version 4", calls, got)
+	}
+}
+
+// statementLog records the first word of every statement its pool sends.
+type statementLog struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (s *statementLog) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log = append(s.log, strings.Fields(d.SQL)[0])
+	return ctx
+}
+
+func (s *statementLog) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (s *statementLog) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log = nil
+}
+
+func (s *statementLog) statements() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.log...)
 }

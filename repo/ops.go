@@ -117,44 +117,57 @@ func (t *Table[T]) ForceIncrement(ctx context.Context, db DBTX, row *T) error {
 }
 
 // write runs one compare-and-swap statement whose parameters are the columns at set, the key and the
-// expected version.
+// expected version, and on a conflict reads the current version for the error (see [Table.probe]).
 func (t *Table[T]) write(ctx context.Context, db DBTX, row *T, op, sql string, set []int, bumps bool) error {
-	if row == nil {
-		return fmt.Errorf("%w: %s of a nil row in %s", ErrInvalidOption, op, t.quoted)
-	}
-	v := reflect.ValueOf(row).Elem()
-	vf := v.FieldByIndex(t.version.index)
-	expected := getInt(vf)
-	if expected == 0 {
-		return fmt.Errorf("%w: %s of %s %s: the version field is zero; read the row first", ErrNoVersion, op, t.quoted, formatKey(t.keyCols, t.keyValues(v)))
-	}
-	args := t.values(make([]any, 0, len(set)+len(t.d.key)+1), v, set)
-	args = t.keyArgs(args, v)
-	args = append(args, expected)
-	keyArgs := args[len(set) : len(args)-1]
 	for n := 1; ; n++ {
-		written, version, err := t.exec(ctx, db, sql, args, bumps)
-		if err != nil {
-			return fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, formatKey(t.keyCols, t.keyValues(v)), err)
+		written, expected, err := t.send(ctx, db, row, op, sql, set, bumps)
+		if err != nil || written {
+			return err
 		}
-		if written {
-			if bumps {
-				if t.d.kind == VersionCounter {
-					version = expected + 1
-				}
-				setInt(vf, version)
-			}
-			return nil
-		}
-		actual, found, err := t.probe(ctx, db, keyArgs)
+		v := reflect.ValueOf(row).Elem()
+		actual, found, err := t.probe(ctx, db, t.keyArgs(nil, v))
 		if err != nil {
 			return fmt.Errorf("pgcc: %s %s %s: reading the current version after a conflict: %w", op, t.quoted, formatKey(t.keyCols, t.keyValues(v)), err)
 		}
 		if found && actual == expected && n < maxRewrites {
 			continue // the row was replaced at the same version after the write's snapshot: write again
 		}
-		return &ConflictError{Table: t.quoted, Op: op, KeyColumns: t.KeyColumns(), Key: t.keyValues(v), Expected: expected, Actual: actual, Deleted: !found}
+		return t.conflict(op, v, expected, actual, found)
 	}
+}
+
+// send sends one compare-and-swap statement for row and reports whether it wrote the row, and the version it
+// compared with. On success it sets row's version to the new one (when bumps).
+func (t *Table[T]) send(ctx context.Context, db DBTX, row *T, op, sql string, set []int, bumps bool) (bool, int64, error) {
+	if row == nil {
+		return false, 0, fmt.Errorf("%w: %s of a nil row in %s", ErrInvalidOption, op, t.quoted)
+	}
+	v := reflect.ValueOf(row).Elem()
+	vf := v.FieldByIndex(t.version.index)
+	expected := getInt(vf)
+	if expected == 0 {
+		return false, 0, fmt.Errorf("%w: %s of %s %s: the version field is zero; read the row first", ErrNoVersion, op, t.quoted, formatKey(t.keyCols, t.keyValues(v)))
+	}
+	args := t.values(make([]any, 0, len(set)+len(t.d.key)+1), v, set)
+	args = t.keyArgs(args, v)
+	args = append(args, expected)
+	written, version, err := t.exec(ctx, db, sql, args, bumps)
+	if err != nil {
+		return false, expected, fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, formatKey(t.keyCols, t.keyValues(v)), err)
+	}
+	if written && bumps {
+		if t.d.kind == VersionCounter {
+			version = expected + 1
+		}
+		setInt(vf, version)
+	}
+	return written, expected, nil
+}
+
+// conflict is the error of a compare-and-swap on v (a T) that found the row at actual, or gone.
+func (t *Table[T]) conflict(op string, v reflect.Value, expected, actual int64, found bool) *ConflictError {
+	return &ConflictError{Table: t.quoted, Op: op, KeyColumns: t.KeyColumns(), Key: t.keyValues(v),
+		Expected: expected, Actual: actual, Deleted: !found}
 }
 
 // exec runs a compare-and-swap statement and reports whether it wrote the row and, when the statement
@@ -244,19 +257,42 @@ func (t *Table[T]) Modify(ctx context.Context, db DBTX, key Key, fn func(ctx con
 	}
 	all := make([]txn.Option, 0, len(opts)+1)
 	all = append(append(all, txn.RetryIf(retry)), opts...)
+	// After a conflict the row is read once: that read is both the actual version the error reports and the
+	// starting point of the next attempt. A plain read is honest here, unlike after a bare Update: outside a
+	// transaction, and inside a READ COMMITTED one, it is a new snapshot taken after the UPDATE saw the newer
+	// version committed; inside a REPEATABLE READ or SERIALIZABLE one, a concurrent change makes the UPDATE
+	// fail with a serialization error instead of matching no row.
+	var next *T
 	err := txn.Retry(ctx, func(ctx context.Context) error {
-		row, err := t.Get(ctx, db, key...)
-		if err != nil {
-			return err
+		var row T
+		if next != nil {
+			row, next = *next, nil
+		} else {
+			var err error
+			if row, err = t.Get(ctx, db, key...); err != nil {
+				return err
+			}
 		}
 		if err := fn(ctx, &row); err != nil {
 			return err
 		}
-		if err := t.Update(ctx, db, &row); err != nil {
+		written, expected, err := t.send(ctx, db, &row, OpUpdate, t.sql.update, t.sql.updateSet, true)
+		if err != nil {
 			return err
 		}
-		out = row
-		return nil
+		if written {
+			out = row
+			return nil
+		}
+		current, err := t.Get(ctx, db, key...)
+		if errors.Is(err, ErrNotFound) {
+			return t.conflict(OpUpdate, reflect.ValueOf(&row).Elem(), expected, 0, false)
+		}
+		if err != nil {
+			return err
+		}
+		next = &current
+		return t.conflict(OpUpdate, reflect.ValueOf(&row).Elem(), expected, t.VersionOf(&current), true)
 	}, all...)
 	if err != nil {
 		var zero T

@@ -587,7 +587,7 @@ func TestTransactionSettings(t *testing.T) {
 			"transaction_read_only":  "on",
 			"transaction_deferrable": "on",
 			"lock_timeout":           "250ms",
-			"statement_timeout":      "2s",
+			"statement_timeout":      "1min",
 		} {
 			if got := show(tx, name); got != want {
 				t.Errorf("%s = %q, want %q", name, got, want)
@@ -603,7 +603,10 @@ func TestTransactionSettings(t *testing.T) {
 		}
 		return nil
 	}, txn.WithIsolation(pgx.Serializable), txn.ReadOnly(), txn.Deferrable(),
-		txn.WithLockTimeout(250*time.Millisecond), txn.WithStatementTimeout(2*time.Second))
+		// A SERIALIZABLE READ ONLY DEFERRABLE transaction's first statement waits for a safe snapshot, which
+		// takes as long as the server's other serializable transactions (other tests, in parallel) do: the
+		// statement timeout must leave room for that wait.
+		txn.WithLockTimeout(250*time.Millisecond), txn.WithStatementTimeout(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}

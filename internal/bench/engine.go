@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -187,12 +186,17 @@ var errRejected = errors.New("rejected")
 // opStats is one worker's tally.
 type opStats struct {
 	committed, rejected, attempts int64
-	retries, errors               map[string]int64
-	sample                        string
-	latencies                     []time.Duration
+	// retried counts every retry; retries splits them by kind.
+	retried         int64
+	retries, errors map[string]int64
+	sample          string
+	latencies       []time.Duration
 }
 
-func (s *opStats) retried(err error) { s.retries[kind(err)]++ }
+func (s *opStats) retry(err error) {
+	s.retried++
+	s.retries[kind(err)]++
+}
 
 // kind names an error for the report.
 func kind(err error) string {
@@ -227,7 +231,7 @@ func (e *env) retryOptions(s *opStats, extra ...txn.Option) []txn.Option {
 	return append([]txn.Option{
 		txn.WithMaxAttempts(e.cfg.MaxAttempts),
 		txn.WithBackoff(txn.Backoff{Base: e.cfg.BackoffBase, Cap: e.cfg.BackoffCap}),
-		txn.OnRetry(func(_ int, err error, _ time.Duration) { s.attempts++; s.retried(err) }),
+		txn.OnRetry(func(_ int, err error, _ time.Duration) { s.attempts++; s.retry(err) }),
 	}, extra...)
 }
 
@@ -335,7 +339,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 				if e.cfg.Ops > 0 && remaining.Add(-1) < 0 {
 					return
 				}
-				before := s.retriesTotal()
+				before := s.retried
 				t0 := time.Now()
 				s.attempts++
 				var err error
@@ -355,7 +359,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 						}
 					}
 				}
-				retries.Add(s.retriesTotal() - before)
+				retries.Add(s.retried - before)
 				switch {
 				case err == nil || errors.Is(err, errRejected):
 					if err != nil {
@@ -438,14 +442,6 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	return cell, err
 }
 
-func (s *opStats) retriesTotal() int64 {
-	var n int64
-	for _, v := range s.retries {
-		n += v
-	}
-	return n
-}
-
 // pct returns the p-th percentile of sorted latencies in milliseconds (nearest rank).
 func pct(sorted []time.Duration, p float64) float64 {
 	if len(sorted) == 0 {
@@ -480,18 +476,4 @@ func (e *env) check(ctx context.Context, w Workload, initial int64, expected []a
 		return 0, fmt.Errorf("pgcc bench: check rows: %w", err)
 	}
 	return off, nil
-}
-
-// sortedKeys returns keys in ascending order with the permutation that maps back: sorted[i] = keys[perm[i]].
-func sortedKeys(keys []int64) (sorted []int64, perm []int) {
-	perm = make([]int, len(keys))
-	for i := range perm {
-		perm[i] = i
-	}
-	slices.SortFunc(perm, func(a, b int) int { return cmp.Compare(keys[a], keys[b]) })
-	sorted = make([]int64, len(keys))
-	for i, p := range perm {
-		sorted[i] = keys[p]
-	}
-	return sorted, perm
 }

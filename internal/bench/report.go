@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -78,8 +79,8 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 		c.Seconds = cfg.Duration.Seconds()
 	}
 	if cfg.Pgbench != "" {
-		if out, err := execOutput(ctx, cfg.Pgbench, "--version"); err == nil {
-			rep.Machine.Pgbench = strings.TrimSpace(out)
+		if out, err := exec.CommandContext(ctx, cfg.Pgbench, "--version").Output(); err == nil {
+			rep.Machine.Pgbench = strings.TrimSpace(string(out))
 		} else {
 			rep.PgbenchSkipped = "pgbench did not run: " + err.Error()
 			cfg.Pgbench = ""

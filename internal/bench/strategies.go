@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -113,7 +114,7 @@ func (e *env) serializableRow(ctx context.Context, s *opStats, c change) ([]int6
 }
 
 func (e *env) advisoryRow(ctx context.Context, s *opStats, c change) ([]int64, error) {
-	sorted, _ := sortedKeys(c.keys)
+	sorted := slices.Sorted(slices.Values(c.keys))
 	return txn.RunValue(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) ([]int64, error) {
 		for _, k := range sorted {
 			if err := lock.XactLock(ctx, tx, lock.StringKey(e.advisoryNS, strconv.FormatInt(k, 10))); err != nil {
