@@ -1,24 +1,25 @@
-// Package pgcc is the root of a library that gives service code on PostgreSQL correct concurrency control,
-// on native pgx v5. This package holds no code; the work is done by its subpackages:
+// Package pgcc is the shared vocabulary of a library that gives service code on PostgreSQL correct
+// concurrency control, on native pgx v5. It holds no SQL; the work is done by its subpackages:
 //
 //   - [github.com/pgcc/pgcc/txn]: transactions that retry what PostgreSQL reports as retryable
 //     (serialization failures, deadlocks) and surface everything else.
 //   - [github.com/pgcc/pgcc/repo]: optimistic concurrency, a version-column compare-and-swap on typed
-//     repositories, with conflict errors that say which table, key and versions.
-//   - [github.com/pgcc/pgcc/lock]: pessimistic concurrency: row locks, advisory locks, and leases with
-//     fencing tokens, with errors that say which lock and who holds it.
+//     tables, with conflict errors that say which table, key and versions.
+//   - [github.com/pgcc/pgcc/lock]: pessimistic concurrency: row locks and advisory locks, with errors that
+//     say which lock and who holds it.
+//   - [github.com/pgcc/pgcc/lease]: named, time-bounded ownership with fencing tokens.
 //   - [github.com/pgcc/pgcc/migrations]: the library's own schema ("pgcc"), applied with golang-migrate.
 //
-// # Layering
+// # The shared words
 //
-// Each package builds only on the ones before it:
+// Every package takes database handles as a [DBTX] (single statements) or a [Beginner] (transactions), so a
+// *pgxpool.Pool, a *pgx.Conn, a pgx.Tx and sqlc's DBTX all fit where they make sense; identifies rows by a
+// [Key]; and reports each condition with one sentinel, matched with errors.Is whichever package raised it:
+// [ErrConflict], [ErrNotFound], [ErrLockNotAvailable], [ErrDeadlock], [ErrSerialization],
+// [ErrRetriesExhausted], [ErrCommitUnknown], [ErrInvalidArgument] and the others below. Typed errors
+// ([*ConflictError], [*LockError], [*CommitUnknownError], …) carry the details for errors.As and unwrap to
+// the *pgconn.PgError whenever PostgreSQL reported one. [Classify] gives errors of the caller's own pgx
+// calls the same matching.
 //
-//	migrations   (golang-migrate, pgx)
-//	txn          (pgx, pgerrcode)
-//	repo      -> txn
-//	lock         (pgx, pgerrcode; locks repo tables through its lock.Table interface)
-//	cmd/pgcc  -> internal/bench, internal/inspect -> txn, repo, lock
-//
-// internal/pgtest, the test harness, uses migrations to build the template database every test database is
-// cloned from. docs/architecture.md explains the layers and where new lock or version kinds belong.
+// docs/architecture.md has the layering (which package may import which) and says where new things go.
 package pgcc

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -41,7 +42,7 @@ func Example_accountBalance() {
 	}
 
 	change := func(amount int64) error {
-		_, err := wallets.Modify(ctx, pool, repo.Key{int64(1)}, func(_ context.Context, w *Wallet) error {
+		_, err := wallets.Modify(ctx, pool, pgcc.Key{int64(1)}, func(_ context.Context, w *Wallet) error {
 			if w.Balance+amount < 0 {
 				return errInsufficientFunds
 			}
@@ -62,7 +63,7 @@ func Example_accountBalance() {
 	}
 	wg.Wait()
 	fmt.Println(errors.Is(change(-500), errInsufficientFunds))
-	w, err := wallets.Get(ctx, pool, int64(1))
+	w, err := wallets.Get(ctx, pool, pgcc.Key{int64(1)})
 	fmt.Println(w.Balance, w.Version, err)
 	// Output:
 	// true

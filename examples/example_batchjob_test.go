@@ -8,14 +8,14 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgcc/pgcc/lock"
+	"github.com/pgcc/pgcc/lease"
 	"github.com/pgcc/pgcc/txn"
 )
 
-// One batch job per project at a time, with a lease: the first caller gets the lease and its fencing token;
+// One batch job per project at a time, with a job: the first caller gets the job and its fencing token;
 // a second caller is told the job is already running, by whom and until when (an HTTP API would answer 409
-// with that). Every write of the job checks its token with lock.Guard in the same transaction, so a worker
-// that stalled past its TTL and lost the lease cannot write over its successor.
+// with that). Every write of the job checks its token with lease.Guard in the same transaction, so a worker
+// that stalled past its TTL and lost the job cannot write over its successor.
 func Example_batchJobPerProject() {
 	ctx := context.Background()
 	pool, drop, err := open(ctx, `CREATE TABLE example_reports (project text PRIMARY KEY, rows_done bigint NOT NULL)`)
@@ -24,18 +24,18 @@ func Example_batchJobPerProject() {
 		return
 	}
 	defer drop("example_reports")
-	leases := lock.NewLeases(pool)
+	leases := lease.New(pool)
 
-	lease, err := leases.TryAcquire(ctx, "report/project-7", "worker-1", time.Minute)
+	job, err := leases.TryAcquire(ctx, "report/project-7", "worker-1", time.Minute)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer lease.Release(ctx)
+	defer job.Release(ctx)
 
 	// A second request for the same project while the job runs.
 	_, err = leases.TryAcquire(ctx, "report/project-7", "worker-2", time.Minute)
-	var held *lock.HeldError
+	var held *lease.HeldError
 	if errors.As(err, &held) {
 		fmt.Printf("already running: held by %s for another ~%v\n", held.Holder, time.Until(held.Until).Round(time.Minute))
 	}
@@ -43,8 +43,8 @@ func Example_batchJobPerProject() {
 	// The job's writes, each guarded by the token.
 	for batch := 1; batch <= 3; batch++ {
 		err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-			if err := lock.Guard(ctx, tx, lease.Name, lease.Token); err != nil {
-				return err // lock.ErrFenced: we lost the lease; stop without writing
+			if err := lease.Guard(ctx, tx, job.Name, job.Token); err != nil {
+				return err // pgcc.ErrFenced: we lost the job; stop without writing
 			}
 			_, err := tx.Exec(ctx, `INSERT INTO example_reports VALUES ('project-7', $1)
 				ON CONFLICT (project) DO UPDATE SET rows_done = excluded.rows_done`, batch*1000)
@@ -54,7 +54,7 @@ func Example_batchJobPerProject() {
 			fmt.Println(err)
 			return
 		}
-		if err := lease.Renew(ctx); err != nil { // heartbeat between batches
+		if err := job.Renew(ctx); err != nil { // heartbeat between batches
 			fmt.Println(err)
 			return
 		}

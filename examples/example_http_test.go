@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
@@ -41,16 +42,16 @@ func ifMatch(r *http.Request) (int64, bool) {
 // httpError maps pgcc's errors to statuses: a stale If-Match is 412, a row locked by someone else right now
 // is 423 (try again shortly), a job already running or conflicts that retries could not resolve are 409.
 func httpError(w http.ResponseWriter, err error) {
-	var ce *repo.ConflictError
+	var ce *pgcc.ConflictError
 	switch {
-	case errors.As(err, &ce) && ce.Deleted, errors.Is(err, repo.ErrNotFound):
+	case errors.As(err, &ce) && ce.Deleted, errors.Is(err, pgcc.ErrNotFound):
 		http.Error(w, "not found", http.StatusNotFound)
-	case errors.Is(err, txn.ErrRetriesExhausted), errors.Is(err, lock.ErrHeld):
+	case errors.Is(err, pgcc.ErrRetriesExhausted), errors.Is(err, pgcc.ErrHeld):
 		http.Error(w, err.Error(), http.StatusConflict)
 	case errors.As(err, &ce):
 		w.Header().Set("ETag", etag(ce.Actual))
 		http.Error(w, err.Error(), http.StatusPreconditionFailed)
-	case errors.Is(err, lock.ErrLockNotAvailable):
+	case errors.Is(err, pgcc.ErrLockNotAvailable):
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "locked by another request", http.StatusLocked)
 	default:
@@ -62,7 +63,7 @@ func docsHandler(pool *pgxpool.Pool, docs *repo.Table[Doc]) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /docs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
-		d, err := docs.Get(r.Context(), pool, id)
+		d, err := docs.Get(r.Context(), pool, pgcc.Key{id})
 		if err != nil {
 			httpError(w, err)
 			return
@@ -93,7 +94,7 @@ func docsHandler(pool *pgxpool.Pool, docs *repo.Table[Doc]) http.Handler {
 	mux.HandleFunc("POST /docs/{id}/stamp", func(w http.ResponseWriter, r *http.Request) {
 		id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
 		err := txn.Run(r.Context(), pool, func(ctx context.Context, tx pgx.Tx) error {
-			rows, err := lock.Load[Doc](ctx, tx, docs, []lock.Key{{id}}, lock.WithWait(lock.NoWait))
+			rows, err := lock.Load[Doc](ctx, tx, docs, []pgcc.Key{{id}}, lock.WithWait(lock.NoWait))
 			if err != nil {
 				return err
 			}

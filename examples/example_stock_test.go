@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
@@ -47,7 +48,7 @@ func Example_reserveStock() {
 
 	reserve := func(sku string) error {
 		return txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-			rows, err := lock.Load[Item](ctx, tx, items, []lock.Key{{sku}})
+			rows, err := lock.Load[Item](ctx, tx, items, []pgcc.Key{{sku}})
 			if err != nil {
 				return err
 			}
@@ -75,7 +76,7 @@ func Example_reserveStock() {
 		}()
 	}
 	wg.Wait()
-	lamp, err := items.Get(ctx, pool, "lamp")
+	lamp, err := items.Get(ctx, pool, pgcc.Key{"lamp"})
 	fmt.Println(sold.Load(), soldOut.Load(), lamp.Stock, err)
 	// Output:
 	// 5 15 0 <nil>

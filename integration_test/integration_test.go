@@ -15,7 +15,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
+	"github.com/pgcc/pgcc/lease"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/migrations"
 	"github.com/pgcc/pgcc/repo"
@@ -77,11 +79,11 @@ func TestRepoInsideTxn(t *testing.T) {
 			for i := range 40 {
 				from, to := int64((g+i)%4+1), int64((g+i+1)%4+1)
 				err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-					a, err := accounts.Get(ctx, tx, from)
+					a, err := accounts.Get(ctx, tx, pgcc.Key{from})
 					if err != nil {
 						return err
 					}
-					b, err := accounts.Get(ctx, tx, to)
+					b, err := accounts.Get(ctx, tx, pgcc.Key{to})
 					if err != nil {
 						return err
 					}
@@ -94,7 +96,7 @@ func TestRepoInsideTxn(t *testing.T) {
 				},
 					txn.WithMaxAttempts(txn.UnlimitedAttempts),
 					txn.WithBackoff(txn.Backoff{Base: time.Millisecond, Cap: 20 * time.Millisecond}),
-					txn.RetryIf(func(err error) bool { return errors.Is(err, repo.ErrConflict) || txn.Retryable(err) }),
+					txn.RetryIf(func(err error) bool { return errors.Is(err, pgcc.ErrConflict) || txn.Retryable(err) }),
 					txn.OnRetry(func(int, error, time.Duration) { conflicts.Add(1) }))
 				if err != nil {
 					t.Error(err)
@@ -130,7 +132,7 @@ func TestLockRepoRows(t *testing.T) {
 			defer wg.Done()
 			for range 50 {
 				err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-					rows, err := lock.Load[Account](ctx, tx, accounts, []lock.Key{{int64(1)}})
+					rows, err := lock.Load[Account](ctx, tx, accounts, []pgcc.Key{{int64(1)}})
 					if err != nil {
 						return err
 					}
@@ -145,7 +147,7 @@ func TestLockRepoRows(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	a, err := accounts.Get(ctx, pool, int64(1))
+	a, err := accounts.Get(ctx, pool, pgcc.Key{int64(1)})
 	if err != nil || a.Balance != 100+16*50 || a.Version != 1+16*50 {
 		t.Fatalf("account = %+v, %v; want balance %d, version %d", a, err, 100+16*50, 1+16*50)
 	}
@@ -158,13 +160,13 @@ func TestLeaseFencesRepoWrite(t *testing.T) {
 	t.Parallel()
 	pool, accounts := setup(t, 1)
 	ctx := context.Background()
-	leases := lock.NewLeases(pool)
-	guardedWrite := func(l *lock.Lease, owner string) error {
+	leases := lease.New(pool)
+	guardedWrite := func(l *lease.Lease, owner string) error {
 		return txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-			if err := lock.Guard(ctx, tx, l.Name, l.Token); err != nil {
+			if err := lease.Guard(ctx, tx, l.Name, l.Token); err != nil {
 				return err
 			}
-			_, err := accounts.Modify(ctx, tx, repo.Key{int64(1)}, func(_ context.Context, a *Account) error {
+			_, err := accounts.Modify(ctx, tx, pgcc.Key{int64(1)}, func(_ context.Context, a *Account) error {
 				a.Owner = owner
 				return nil
 			})
@@ -179,14 +181,14 @@ func TestLeaseFencesRepoWrite(t *testing.T) {
 		t.Fatalf("A's write while its lease is live: %v", err)
 	}
 	// A pauses (a GC pause, a stopped VM) past its TTL; B tries until the lease is free.
-	var b *lock.Lease
+	var b *lease.Lease
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		b, err = leases.TryAcquire(ctx, "account-1-owner", "worker-b", time.Minute)
 		if err == nil {
 			break
 		}
-		var held *lock.HeldError
+		var held *lease.HeldError
 		if !errors.As(err, &held) || held.Holder != "worker-a" || time.Now().After(deadline) {
 			t.Fatalf("B's try: %v", err)
 		}
@@ -199,11 +201,11 @@ func TestLeaseFencesRepoWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = guardedWrite(a, "a-late")
-	var fenced *lock.FencedError
-	if !errors.Is(err, lock.ErrFenced) || !errors.As(err, &fenced) {
+	var fenced *lease.FencedError
+	if !errors.Is(err, pgcc.ErrFenced) || !errors.As(err, &fenced) {
 		t.Fatalf("A's late write: %v, want ErrFenced", err)
 	}
-	got, err := accounts.Get(ctx, pool, int64(1))
+	got, err := accounts.Get(ctx, pool, pgcc.Key{int64(1)})
 	if err != nil || got.Owner != "b" || got.Version != 3 {
 		t.Fatalf("account = %+v, %v; want owner b at version 3", got, err)
 	}
@@ -222,7 +224,7 @@ func TestNoWaitNamesTheBlocker(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer holder.Rollback(ctx)
-	row, err := accounts.Get(ctx, holder, int64(1))
+	row, err := accounts.Get(ctx, holder, pgcc.Key{int64(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,14 +232,14 @@ func TestNoWaitNamesTheBlocker(t *testing.T) {
 	if err := accounts.Update(ctx, holder, &row); err != nil {
 		t.Fatal(err)
 	}
-	holderPID := holder.Conn().PgConn().PID()
+	holderPID := int(holder.Conn().PgConn().PID())
 
 	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-		return lock.Row(ctx, tx, accounts, lock.Key{int64(1)}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
+		return lock.Row(ctx, tx, accounts, pgcc.Key{int64(1)}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
 	})
-	var le *lock.LockError
-	if !errors.Is(err, lock.ErrLockNotAvailable) || !errors.As(err, &le) {
-		t.Fatalf("err = %v, want a *lock.LockError matching ErrLockNotAvailable", err)
+	var le *pgcc.LockError
+	if !errors.Is(err, pgcc.ErrLockNotAvailable) || !errors.As(err, &le) {
+		t.Fatalf("err = %v, want a *pgcc.LockError matching ErrLockNotAvailable", err)
 	}
 	if le.Table != `"accounts"` || len(le.Keys) != 1 || len(le.Blockers) != 1 ||
 		le.Blockers[0].PID != holderPID || le.Blockers[0].Application != "pgcc-test" {
@@ -252,7 +254,7 @@ func TestNoWaitNamesTheBlocker(t *testing.T) {
 	}()
 	var balance int64
 	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-		rows, err := lock.Load[Account](ctx, tx, accounts, []lock.Key{{int64(1)}}, lock.WithWait(lock.NoWait))
+		rows, err := lock.Load[Account](ctx, tx, accounts, []pgcc.Key{{int64(1)}}, lock.WithWait(lock.NoWait))
 		if err != nil {
 			return err
 		}
@@ -281,14 +283,14 @@ func TestSqlcStyleCheck(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			return accounts.Check(ctx, tx, tag, repo.Key{int64(1)}, version)
+			return accounts.Check(ctx, tx, tag, pgcc.Key{int64(1)}, version)
 		})
 	}
 	if err := write(50, 1); err != nil {
 		t.Fatal(err)
 	}
 	err := write(60, 1)
-	var ce *repo.ConflictError
+	var ce *pgcc.ConflictError
 	if !errors.As(err, &ce) || ce.Expected != 1 || ce.Actual != 2 || ce.Deleted || ce.Table != `"accounts"` {
 		t.Fatalf("stale write: %v (%+v)", err, ce)
 	}

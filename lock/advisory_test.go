@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/lock"
 )
 
@@ -16,7 +17,7 @@ func TestStringKeyIsStable(t *testing.T) {
 	t.Parallel()
 	// FNV-1a 64 of "billing\x00invoice-run" (checked with an independent implementation); a change here
 	// breaks every deployed key.
-	if got, want := lock.StringKey("billing", "invoice-run"), lock.AdvisoryKey(0x1caa3a3a7ceb12af); got != want {
+	if got, want := lock.StringKey("billing", "invoice-run"), pgcc.AdvisoryKey(0x1caa3a3a7ceb12af); got != want {
 		t.Errorf("StringKey = %#x, want %#x", int64(got), int64(want))
 	}
 	if lock.StringKey("a", "bc") == lock.StringKey("ab", "c") {
@@ -40,7 +41,7 @@ func TestXactLockNoWaitAndTry(t *testing.T) {
 	if err := lock.XactLock(ctx, holder, key); err != nil {
 		t.Fatal(err)
 	}
-	holderPID := holder.Conn().PgConn().PID()
+	holderPID := int(holder.Conn().PgConn().PID())
 
 	inTx(t, pool, func(tx pgx.Tx) {
 		ok, err := lock.TryXactLock(ctx, tx, key)
@@ -48,7 +49,7 @@ func TestXactLockNoWaitAndTry(t *testing.T) {
 			t.Fatalf("TryXactLock on a held key = %v, %v; want false", ok, err)
 		}
 		err = lock.XactLock(ctx, tx, key, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
-		if !errors.Is(err, lock.ErrLockNotAvailable) {
+		if !errors.Is(err, pgcc.ErrLockNotAvailable) {
 			t.Fatalf("NoWait = %v, want ErrLockNotAvailable", err)
 		}
 		le := lockError(t, err)
@@ -69,7 +70,7 @@ func TestXactLockNoWaitAndTry(t *testing.T) {
 	inTx(t, pool, func(tx pgx.Tx) {
 		start := time.Now()
 		err := lock.XactLock(ctx, tx, key, lock.WithTimeout(150*time.Millisecond))
-		if !errors.Is(err, lock.ErrLockNotAvailable) || time.Since(start) < 150*time.Millisecond {
+		if !errors.Is(err, pgcc.ErrLockNotAvailable) || time.Since(start) < 150*time.Millisecond {
 			t.Errorf("timeout = %v after %v", err, time.Since(start))
 		}
 	})
@@ -101,13 +102,13 @@ func TestSessionLockReleaseAndReuse(t *testing.T) {
 		t.Fatalf("TrySessionLock on a held key = %v, %v", ok, err)
 	}
 	_, err = lock.SessionLock(ctx, pool, key, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
-	if !errors.Is(err, lock.ErrLockNotAvailable) {
+	if !errors.Is(err, pgcc.ErrLockNotAvailable) {
 		t.Fatalf("NoWait = %v", err)
 	}
 	if le := lockError(t, err); len(le.Blockers) != 1 || le.Blockers[0].PID != h.PID() {
 		t.Errorf("blockers = %v, want pid %d", le.Blockers, h.PID())
 	}
-	if _, err := lock.SessionLock(ctx, pool, key, lock.WithTimeout(100*time.Millisecond)); !errors.Is(err, lock.ErrLockNotAvailable) {
+	if _, err := lock.SessionLock(ctx, pool, key, lock.WithTimeout(100*time.Millisecond)); !errors.Is(err, pgcc.ErrLockNotAvailable) {
 		t.Fatalf("timeout = %v", err)
 	}
 	// Only the holder's connection is out of the pool; the failed attempts gave theirs back.
@@ -155,7 +156,7 @@ func TestSessionLockReleaseAndReuse(t *testing.T) {
 	if err := ht.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Release(ctx); !errors.Is(err, lock.ErrNotHeld) {
+	if err := h.Release(ctx); !errors.Is(err, pgcc.ErrNotHeld) {
 		t.Errorf("second Release = %v, want ErrNotHeld", err)
 	}
 	if n := pool.Stat().AcquiredConns(); n != 0 {
@@ -177,7 +178,7 @@ const thisDB = "(SELECT oid FROM pg_database WHERE datname = current_database())
 func TestSessionLockCancelWhileWaiting(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 0, func(c *pgxpool.Config) { c.MaxConns = 3 })
-	key := lock.AdvisoryKey(42)
+	key := pgcc.AdvisoryKey(42)
 	h, err := lock.SessionLock(context.Background(), pool, key)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/lock"
 )
@@ -70,7 +71,7 @@ func BenchmarkRowLock(b *testing.B) {
 			return err
 		}
 		defer tx.Rollback(ctx)
-		rows, err := lock.Load[item](ctx, tx, items, []lock.Key{{id}})
+		rows, err := lock.Load[item](ctx, tx, items, []pgcc.Key{{id}})
 		if err != nil {
 			return err
 		}

@@ -7,7 +7,7 @@
 // (FOR UPDATE by default) and a [WaitPolicy] (wait, NOWAIT, SKIP LOCKED):
 //
 //	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-//		accounts, err := lock.Load[Account](ctx, tx, accountsTable, []lock.Key{{from}, {to}})
+//		accounts, err := lock.Load[Account](ctx, tx, accountsTable, []pgcc.Key{{from}, {to}})
 //		if err != nil {
 //			return err
 //		}
@@ -28,14 +28,6 @@
 // to the pool only once PostgreSQL confirmed the unlock (otherwise the connection is closed, and the lock dies
 // with its session). [StringKey] makes a key from a namespace and a name with a fixed hash (FNV-1a, 64 bits).
 //
-// # Leases
-//
-// [Leases] grants named, time-bounded ownership recorded in pgcc.leases (apply package migrations first):
-// [Leases.TryAcquire] returns [ErrHeld] with the holder and its times, [Leases.Acquire] waits, and
-// [Lease.Renew] and [Lease.Release] act on one grant. Every grant has a fencing token, strictly increasing
-// per name; [Guard] checks it inside the transaction that writes under the lease, so a holder that paused
-// past its expiry cannot write after another has taken over. Expiry is decided by the database's clock.
-//
 // # Waiting, deadlines and cancellation
 //
 // A lock request waits as long as its context allows. A deadline is sent as lock_timeout for that one
@@ -47,23 +39,23 @@
 //
 // # Errors
 //
-// A lock that was not granted is a [*LockError] naming the table and keys (or the advisory key):
-//   - errors.Is(err, [ErrLockNotAvailable]): NOWAIT, lock_timeout or a context deadline (SQLSTATE 55P03);
-//   - errors.Is(err, [ErrDeadlock]): PostgreSQL aborted the transaction to break a deadlock (40P01), which
-//     txn.Retryable accepts, so txn.Run retries it;
+// A lock that was not granted is a [*pgcc.LockError] naming the table and keys (or the advisory key):
+//   - errors.Is(err, [pgcc.ErrLockNotAvailable]): NOWAIT, lock_timeout or a context deadline (SQLSTATE
+//     55P03);
+//   - errors.Is(err, [pgcc.ErrDeadlock]): PostgreSQL aborted the transaction to break a deadlock (40P01),
+//     which txn.Run retries;
 //   - errors.Is(err, context.Canceled) or context.DeadlineExceeded: the context ended during the wait.
 //
 // errors.As finds the *pgconn.PgError in every case the server reported one. With [WithDiagnostics], the
-// error also lists the sessions holding the lock ([Blocker]: pid, application, state, query, how long their
-// transaction has run), looked up after the failure on the handle given: the transactions whose id is the
-// locked rows' xmax (row locks), or the holders pg_locks shows (advisory locks).
+// error also lists the sessions holding the lock ([pgcc.Blocker]: pid, application, state, query, how long
+// their transaction has run), looked up after the failure on the handle given: the transactions whose id is
+// the locked rows' xmax (row locks), or the holders pg_locks shows (advisory locks).
 //
-// Leases add [ErrHeld] ([*HeldError]) and [ErrFenced] ([*FencedError]); every option or argument that cannot
-// be honoured is an error matching [ErrInvalidOption], returned before anything is sent.
+// [Row] on a missing row is a [*pgcc.NotFoundError]; every option or argument that cannot be honoured is an
+// error matching [pgcc.ErrInvalidArgument], returned before anything is sent. Leases, which outlive
+// transactions and connections, are package lease.
 //
-// # Layering
-//
-// lock depends on pgx, pgerrcode and the table pgcc.leases that package migrations creates; it does not import
-// other pgcc packages. Tables come in through the [Table] interface, which package repo's tables satisfy, and
-// transactions through pgx.Tx, so lock composes with txn.Run for retries.
+// docs/architecture.md shows where lock sits among the other packages: it imports no other pgcc package
+// but the shared vocabulary, locks repo tables through its own [Table] interface, and takes transactions as
+// pgx.Tx, so it composes with txn.Run for retries.
 package lock

@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/lease"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -49,7 +51,7 @@ func ExampleLoad() {
 
 	transfer := func(from, to int32, amount int64) error {
 		return txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-			rows, err := lock.Load[Account](ctx, tx, accounts{"example_lock_load"}, []lock.Key{{from}, {to}}, lock.WithTimeout(2*time.Second))
+			rows, err := lock.Load[Account](ctx, tx, accounts{"example_lock_load"}, []pgcc.Key{{from}, {to}}, lock.WithTimeout(2*time.Second))
 			if err != nil {
 				return err
 			}
@@ -100,23 +102,23 @@ func ExampleLockError() {
 		return
 	}
 	defer holder.Rollback(ctx)
-	if err := lock.Row(ctx, holder, accounts{"example_lock_lockerror"}, lock.Key{1}); err != nil {
+	if err := lock.Row(ctx, holder, accounts{"example_lock_lockerror"}, pgcc.Key{1}); err != nil {
 		fmt.Println(err)
 		return
 	}
 
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		return lock.Row(ctx, tx, accounts{"example_lock_lockerror"}, lock.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
+		return lock.Row(ctx, tx, accounts{"example_lock_lockerror"}, pgcc.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
 	})
-	var lockErr *lock.LockError
+	var lockErr *pgcc.LockError
 	if errors.As(err, &lockErr) {
-		fmt.Println("not available:", errors.Is(err, lock.ErrLockNotAvailable))
+		fmt.Println("not available:", errors.Is(err, pgcc.ErrLockNotAvailable))
 		fmt.Println("table:", lockErr.Table, "keys:", lockErr.Keys)
-		fmt.Println("held by the holder:", len(lockErr.Blockers) == 1 && lockErr.Blockers[0].PID == holder.Conn().PgConn().PID())
+		fmt.Println("held by the holder:", len(lockErr.Blockers) == 1 && lockErr.Blockers[0].PID == int(holder.Conn().PgConn().PID()))
 	}
 	// Output:
 	// not available: true
-	// table: "example_lock_lockerror" keys: [[1]]
+	// table: "example_lock_lockerror" keys: [(1)]
 	// held by the holder: true
 }
 
@@ -170,14 +172,14 @@ func ExampleLeases_TryAcquire() {
 	name := fmt.Sprintf("example-export-%d", time.Now().UnixNano())
 	defer pool.Exec(ctx, "DELETE FROM pgcc.leases WHERE name = $1", name)
 
-	leases := lock.NewLeases(pool)
+	leases := lease.New(pool)
 	mine, err := leases.TryAcquire(ctx, name, "host-a", time.Minute)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	_, err = leases.TryAcquire(ctx, name, "host-b", time.Minute)
-	var held *lock.HeldError
+	var held *lease.HeldError
 	if errors.As(err, &held) {
 		fmt.Println("already running on", held.Holder)
 	}
@@ -191,9 +193,9 @@ func ExampleLeases_TryAcquire() {
 	fmt.Println("tokens:", mine.Token, next.Token)
 
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		return lock.Guard(ctx, tx, name, mine.Token) // host-a, paused past its lease, tries to write
+		return lease.Guard(ctx, tx, name, mine.Token) // host-a, paused past its lease, tries to write
 	})
-	fmt.Println(errors.Is(err, lock.ErrFenced))
+	fmt.Println(errors.Is(err, pgcc.ErrFenced))
 	// Output:
 	// already running on host-a
 	// <nil>

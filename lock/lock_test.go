@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/txn"
@@ -73,7 +74,7 @@ func setup(t *testing.T, n int, configure ...func(*pgxpool.Config)) *pgxpool.Poo
 
 // holdRow begins a transaction on its own connection and locks items row id FOR UPDATE in it, with plain pgx.
 // It returns the transaction and its backend pid; the transaction is rolled back when the test ends.
-func holdRow(t *testing.T, pool *pgxpool.Pool, id int) (pgx.Tx, uint32) {
+func holdRow(t *testing.T, pool *pgxpool.Pool, id int) (pgx.Tx, int) {
 	t.Helper()
 	ctx := context.Background()
 	tx, err := pool.Begin(ctx)
@@ -84,7 +85,7 @@ func holdRow(t *testing.T, pool *pgxpool.Pool, id int) (pgx.Tx, uint32) {
 	if _, err := tx.Exec(ctx, "SELECT id FROM items WHERE id = $1 FOR UPDATE", id); err != nil {
 		t.Fatal(err)
 	}
-	return tx, tx.Conn().PgConn().PID()
+	return tx, int(tx.Conn().PgConn().PID())
 }
 
 // awaitWaiting polls pg_stat_activity until the backend pid waits for a lock.
@@ -114,11 +115,11 @@ func pgCode(err error) string {
 	return ""
 }
 
-func lockError(t *testing.T, err error) *lock.LockError {
+func lockError(t *testing.T, err error) *pgcc.LockError {
 	t.Helper()
-	var le *lock.LockError
+	var le *pgcc.LockError
 	if !errors.As(err, &le) {
-		t.Fatalf("error %v (%T) is not a *lock.LockError", err, err)
+		t.Fatalf("error %v (%T) is not a *pgcc.LockError", err, err)
 	}
 	return le
 }
@@ -150,11 +151,11 @@ func TestRowsLockInKeyOrder(t *testing.T) {
 	pool := setup(t, 5)
 	ctx := context.Background()
 	inTx(t, pool, func(tx pgx.Tx) {
-		got, err := lock.Rows(ctx, tx, itemsTable(), []lock.Key{{3}, {1}, {99}, {2}})
+		got, err := lock.Rows(ctx, tx, itemsTable(), []pgcc.Key{{3}, {1}, {99}, {2}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := "[[1] [2] [3]]"; fmt.Sprint(got) != want {
+		if want := "[(1) (2) (3)]"; fmt.Sprint(got) != want {
 			t.Errorf("locked keys = %v, want %s (ascending, the missing 99 left out)", got, want)
 		}
 		// The rows are really locked: another session cannot take them with NOWAIT.
@@ -169,11 +170,11 @@ func TestRowsLockInKeyOrder(t *testing.T) {
 		}
 	})
 	inTx(t, pool, func(tx pgx.Tx) {
-		got, err := lock.Rows(ctx, tx, pairsTable(), []lock.Key{{"b", 1}, {"a", 2}, {"a", 1}}, lock.WithStrength(lock.ForNoKeyUpdate))
+		got, err := lock.Rows(ctx, tx, pairsTable(), []pgcc.Key{{"b", 1}, {"a", 2}, {"a", 1}}, lock.WithStrength(lock.ForNoKeyUpdate))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := "[[a 1] [a 2] [b 1]]"; fmt.Sprint(got) != want {
+		if want := `[("a", 1) ("a", 2) ("b", 1)]`; fmt.Sprint(got) != want {
 			t.Errorf("locked pairs = %v, want %s", got, want)
 		}
 		got, err = lock.Rows(ctx, tx, itemsTable(), nil)
@@ -191,21 +192,21 @@ func TestLoadAndRow(t *testing.T) {
 		t.Fatal(err)
 	}
 	inTx(t, pool, func(tx pgx.Tx) {
-		got, err := lock.Load[item](ctx, tx, itemsTable(), []lock.Key{{3}, {1}}, lock.WithStrength(lock.ForShare))
+		got, err := lock.Load[item](ctx, tx, itemsTable(), []pgcc.Key{{3}, {1}}, lock.WithStrength(lock.ForShare))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if want := []item{{1, 10}, {3, 30}}; fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("Load = %v, want %v", got, want)
 		}
-		pairs, err := lock.Load[pair](ctx, tx, pairsTable(), []lock.Key{{"a", 2}})
+		pairs, err := lock.Load[pair](ctx, tx, pairsTable(), []pgcc.Key{{"a", 2}})
 		if err != nil || len(pairs) != 1 || pairs[0].A != "a" || pairs[0].B != 2 {
 			t.Errorf("Load pairs = %v, %v", pairs, err)
 		}
-		if err := lock.Row(ctx, tx, itemsTable(), lock.Key{2}); err != nil {
+		if err := lock.Row(ctx, tx, itemsTable(), pgcc.Key{2}); err != nil {
 			t.Errorf("Row 2: %v", err)
 		}
-		if err := lock.Row(ctx, tx, itemsTable(), lock.Key{42}); !errors.Is(err, lock.ErrNotFound) {
+		if err := lock.Row(ctx, tx, itemsTable(), pgcc.Key{42}); !errors.Is(err, pgcc.ErrNotFound) {
 			t.Errorf("Row 42 = %v, want ErrNotFound", err)
 		}
 	})
@@ -217,26 +218,25 @@ func TestInvalidOptionsSendNothing(t *testing.T) {
 	ctx := context.Background()
 	inTx(t, pool, func(tx pgx.Tx) {
 		for name, err := range map[string]error{
-			"strength":           lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithStrength(lock.Strength(9))),
-			"wait":               lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithWait(lock.WaitPolicy(7))),
-			"timeout":            lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithTimeout(0)),
-			"nil option":         lock.Row(ctx, tx, itemsTable(), lock.Key{1}, nil),
-			"where on row":       lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.Where("true")),
-			"key arity":          lock.Row(ctx, tx, pairsTable(), lock.Key{"a"}),
+			"strength":           lock.Row(ctx, tx, itemsTable(), pgcc.Key{1}, lock.WithStrength(lock.Strength(9))),
+			"wait":               lock.Row(ctx, tx, itemsTable(), pgcc.Key{1}, lock.WithWait(lock.WaitPolicy(7))),
+			"timeout":            lock.Row(ctx, tx, itemsTable(), pgcc.Key{1}, lock.WithTimeout(0)),
+			"nil option":         lock.Row(ctx, tx, itemsTable(), pgcc.Key{1}, nil),
+			"where on row":       lock.Row(ctx, tx, itemsTable(), pgcc.Key{1}, lock.Where("true")),
+			"key arity":          lock.Row(ctx, tx, pairsTable(), pgcc.Key{"a"}),
 			"advisory key share": lock.XactLock(ctx, tx, 1, lock.WithStrength(lock.ForKeyShare)),
 			"advisory skip":      lock.XactLock(ctx, tx, 1, lock.WithWait(lock.SkipLocked)),
-			"guard strength":     lock.Guard(ctx, tx, "x", 1, lock.WithStrength(lock.ForShare)),
 		} {
-			if !errors.Is(err, lock.ErrInvalidOption) {
-				t.Errorf("%s: %v, want ErrInvalidOption", name, err)
+			if !errors.Is(err, pgcc.ErrInvalidArgument) {
+				t.Errorf("%s: %v, want ErrInvalidArgument", name, err)
 			}
 		}
 		_, err := lock.Claim[item](ctx, tx, itemsTable(), 10, lock.WithWait(lock.NoWait))
-		if !errors.Is(err, lock.ErrInvalidOption) {
+		if !errors.Is(err, pgcc.ErrInvalidArgument) {
 			t.Errorf("Claim with NoWait: %v", err)
 		}
 		_, err = lock.Claim[item](ctx, tx, itemsTable(), 0)
-		if !errors.Is(err, lock.ErrInvalidOption) {
+		if !errors.Is(err, pgcc.ErrInvalidArgument) {
 			t.Errorf("Claim with limit 0: %v", err)
 		}
 		// The transaction is still usable: nothing was sent.
@@ -252,8 +252,8 @@ func TestContextAlreadyDoneSendsNothing(t *testing.T) {
 	inTx(t, pool, func(tx pgx.Tx) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		err := lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithDiagnostics(pool))
-		if !errors.Is(err, context.Canceled) || errors.Is(err, lock.ErrLockNotAvailable) {
+		err := lock.Row(ctx, tx, itemsTable(), pgcc.Key{1}, lock.WithDiagnostics(pool))
+		if !errors.Is(err, context.Canceled) || errors.Is(err, pgcc.ErrLockNotAvailable) {
 			t.Fatalf("err = %v, want context.Canceled", err)
 		}
 		if le := lockError(t, err); le.Err != nil || le.Blockers != nil || le.Table != `"items"` {
@@ -278,9 +278,9 @@ func TestNoWaitFailsFastWithBlockers(t *testing.T) {
 	_, holder := holdRow(t, pool, 1)
 	inTx(t, pool, func(tx pgx.Tx) {
 		start := time.Now()
-		err := lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
+		err := lock.Row(ctx, tx, itemsTable(), pgcc.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
 		elapsed := time.Since(start)
-		if !errors.Is(err, lock.ErrLockNotAvailable) || errors.Is(err, lock.ErrDeadlock) {
+		if !errors.Is(err, pgcc.ErrLockNotAvailable) || errors.Is(err, pgcc.ErrDeadlock) {
 			t.Fatalf("err = %v, want ErrLockNotAvailable", err)
 		}
 		if pgCode(err) != pgerrcode.LockNotAvailable {
@@ -293,8 +293,8 @@ func TestNoWaitFailsFastWithBlockers(t *testing.T) {
 			t.Errorf("NOWAIT took %v", elapsed)
 		}
 		le := lockError(t, err)
-		if le.Table != `"items"` || fmt.Sprint(le.Keys) != "[[1]]" {
-			t.Errorf("LockError names %s %v, want \"items\" [[1]]", le.Table, le.Keys)
+		if le.Table != `"items"` || fmt.Sprint(le.Keys) != "[(1)]" {
+			t.Errorf("LockError names %s %v, want \"items\" [(1)]", le.Table, le.Keys)
 		}
 		if le.DiagnosticsErr != nil {
 			t.Fatalf("diagnostics: %v", le.DiagnosticsErr)
@@ -313,7 +313,7 @@ func TestNoWaitFailsFastWithBlockers(t *testing.T) {
 	})
 	// Row 2 is free: NOWAIT takes it.
 	inTx(t, pool, func(tx pgx.Tx) {
-		if err := lock.Row(ctx, tx, itemsTable(), lock.Key{2}, lock.WithWait(lock.NoWait)); err != nil {
+		if err := lock.Row(ctx, tx, itemsTable(), pgcc.Key{2}, lock.WithWait(lock.NoWait)); err != nil {
 			t.Errorf("free row: %v", err)
 		}
 	})
@@ -326,9 +326,9 @@ func TestLockTimeout(t *testing.T) {
 	holdRow(t, pool, 1)
 	inTx(t, pool, func(tx pgx.Tx) {
 		start := time.Now()
-		_, err := lock.Rows(ctx, tx, itemsTable(), []lock.Key{{2}, {1}}, lock.WithTimeout(200*time.Millisecond))
+		_, err := lock.Rows(ctx, tx, itemsTable(), []pgcc.Key{{2}, {1}}, lock.WithTimeout(200*time.Millisecond))
 		elapsed := time.Since(start)
-		if !errors.Is(err, lock.ErrLockNotAvailable) || pgCode(err) != pgerrcode.LockNotAvailable {
+		if !errors.Is(err, pgcc.ErrLockNotAvailable) || pgCode(err) != pgerrcode.LockNotAvailable {
 			t.Fatalf("err = %v, want ErrLockNotAvailable from lock_timeout", err)
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -343,7 +343,7 @@ func TestLockTimeout(t *testing.T) {
 		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '7s'"); err != nil {
 			t.Fatal(err)
 		}
-		if err := lock.Row(ctx, tx, itemsTable(), lock.Key{2}, lock.WithTimeout(100*time.Millisecond)); err != nil {
+		if err := lock.Row(ctx, tx, itemsTable(), pgcc.Key{2}, lock.WithTimeout(100*time.Millisecond)); err != nil {
 			t.Fatal(err)
 		}
 		var setting string
@@ -396,7 +396,7 @@ func TestContextDeadlineWhileBlocked(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err = lock.Row(ctx, tx, itemsTable(), lock.Key{1}, lock.WithTimeout(time.Minute), lock.WithDiagnostics(pool))
+	err = lock.Row(ctx, tx, itemsTable(), pgcc.Key{1}, lock.WithTimeout(time.Minute), lock.WithDiagnostics(pool))
 	elapsed := time.Since(start)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
@@ -434,7 +434,7 @@ func TestContextCancelWhileBlocked(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		_, err := lock.Load[item](ctx, tx, itemsTable(), []lock.Key{{1}})
+		_, err := lock.Load[item](ctx, tx, itemsTable(), []pgcc.Key{{1}})
 		done <- result{err, time.Now()}
 	}()
 	awaitWaiting(t, pool, pid)
@@ -465,11 +465,11 @@ func TestOppositeOrderNoDeadlock(t *testing.T) {
 	const workers, rows = 16, 8
 	pool := setup(t, rows, func(c *pgxpool.Config) { c.MaxConns = workers })
 	ctx := context.Background()
-	asc := make([]lock.Key, rows)
-	desc := make([]lock.Key, rows)
+	asc := make([]pgcc.Key, rows)
+	desc := make([]pgcc.Key, rows)
 	ids := make([]int, rows)
 	for i := range rows {
-		asc[i], desc[rows-1-i], ids[i] = lock.Key{i + 1}, lock.Key{i + 1}, i+1
+		asc[i], desc[rows-1-i], ids[i] = pgcc.Key{i + 1}, pgcc.Key{i + 1}, i+1
 	}
 	stop := time.Now().Add(3 * time.Second)
 	var commits, deadlocks atomic.Int64
@@ -495,7 +495,7 @@ func TestOppositeOrderNoDeadlock(t *testing.T) {
 					_, err = tx.Exec(ctx, "UPDATE items SET n = n + 1 WHERE id = ANY($1)", ids)
 					return err
 				})
-				if errors.Is(err, lock.ErrDeadlock) || pgCode(err) == pgerrcode.DeadlockDetected {
+				if errors.Is(err, pgcc.ErrDeadlock) || pgCode(err) == pgerrcode.DeadlockDetected {
 					deadlocks.Add(1)
 					continue
 				}
@@ -547,13 +547,13 @@ func TestDeadlockIsTyped(t *testing.T) {
 	wg.Add(2)
 	go func() { // A: 1 then 2
 		defer wg.Done()
-		if errs[0] = lock.Row(ctx, txs[0], itemsTable(), lock.Key{1}); errs[0] != nil {
+		if errs[0] = lock.Row(ctx, txs[0], itemsTable(), pgcc.Key{1}); errs[0] != nil {
 			first <- struct{}{}
 			return
 		}
 		first <- struct{}{}
 		<-first // wait until B holds 2 (B sends after locking)
-		errs[0] = lock.Row(ctx, txs[0], itemsTable(), lock.Key{2})
+		errs[0] = lock.Row(ctx, txs[0], itemsTable(), pgcc.Key{2})
 		if errs[0] != nil {
 			_ = txs[0].Rollback(ctx)
 		}
@@ -561,13 +561,13 @@ func TestDeadlockIsTyped(t *testing.T) {
 	go func() { // B: 2 then 1, once A is waiting for 2
 		defer wg.Done()
 		<-first
-		if errs[1] = lock.Row(ctx, txs[1], itemsTable(), lock.Key{2}); errs[1] != nil {
+		if errs[1] = lock.Row(ctx, txs[1], itemsTable(), pgcc.Key{2}); errs[1] != nil {
 			first <- struct{}{}
 			return
 		}
 		first <- struct{}{}
 		awaitWaiting(t, pool, pidA)
-		errs[1] = lock.Row(ctx, txs[1], itemsTable(), lock.Key{1}, lock.WithDiagnostics(pool))
+		errs[1] = lock.Row(ctx, txs[1], itemsTable(), pgcc.Key{1}, lock.WithDiagnostics(pool))
 		if errs[1] != nil {
 			_ = txs[1].Rollback(ctx)
 		}
@@ -577,7 +577,7 @@ func TestDeadlockIsTyped(t *testing.T) {
 	for _, err := range errs {
 		switch {
 		case err == nil:
-		case errors.Is(err, lock.ErrDeadlock):
+		case errors.Is(err, pgcc.ErrDeadlock):
 			deadlocked = append(deadlocked, err)
 		default:
 			t.Errorf("unexpected error: %v", err)
@@ -587,7 +587,7 @@ func TestDeadlockIsTyped(t *testing.T) {
 		t.Fatalf("%d deadlock errors (%v), want exactly 1", len(deadlocked), errs)
 	}
 	err := deadlocked[0]
-	if pgCode(err) != pgerrcode.DeadlockDetected || !txn.Retryable(err) || errors.Is(err, lock.ErrLockNotAvailable) {
+	if pgCode(err) != pgerrcode.DeadlockDetected || !txn.Retryable(err) || errors.Is(err, pgcc.ErrLockNotAvailable) {
 		t.Errorf("deadlock error %v: SQLSTATE %q, retryable %v", err, pgCode(err), txn.Retryable(err))
 	}
 	if le := lockError(t, err); le.Table != `"items"` || len(le.Keys) != 1 {
@@ -602,7 +602,7 @@ func TestCounterRowLock(t *testing.T) {
 	const workers, rounds = 16, 200
 	pool := setup(t, 1, func(c *pgxpool.Config) { c.MaxConns = workers })
 	counter(t, pool, workers, rounds, func(ctx context.Context, tx pgx.Tx) error {
-		return lock.Row(ctx, tx, itemsTable(), lock.Key{1})
+		return lock.Row(ctx, tx, itemsTable(), pgcc.Key{1})
 	})
 }
 

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/lockwait"
 )
 
 // Strength is the row-lock mode of a SELECT … FOR …; see the table in the package documentation. The zero
@@ -46,7 +49,7 @@ type WaitPolicy int
 const (
 	// Wait blocks until the lock is granted, bounded by the context and any [WithTimeout].
 	Wait WaitPolicy = iota
-	// NoWait fails at once with [ErrLockNotAvailable] (SQLSTATE 55P03).
+	// NoWait fails at once with [pgcc.ErrLockNotAvailable] (SQLSTATE 55P03).
 	NoWait
 	// SkipLocked leaves out the rows another transaction holds: the work-queue policy of [Claim].
 	SkipLocked
@@ -68,7 +71,7 @@ func (w WaitPolicy) String() string {
 func (w WaitPolicy) valid() bool { return w >= Wait && w <= SkipLocked }
 
 // Option configures a lock request. Options are applied in order; a later one overrides an earlier one of the
-// same kind. An option a function cannot honour makes it return an error matching [ErrInvalidOption] before
+// same kind. An option a function cannot honour makes it return an error matching [pgcc.ErrInvalidArgument] before
 // anything is sent.
 type Option func(*config)
 
@@ -79,7 +82,7 @@ type config struct {
 	wait        WaitPolicy
 	waitSet     bool
 	timeout     time.Duration
-	diag        Querier
+	diag        pgcc.DBTX
 	where       string
 	whereArgs   []any
 	whereSet    bool
@@ -110,7 +113,7 @@ func WithWait(w WaitPolicy) Option {
 	}
 }
 
-// WithTimeout bounds the wait for the lock: past d the request fails with [ErrLockNotAvailable] (PostgreSQL's
+// WithTimeout bounds the wait for the lock: past d the request fails with [pgcc.ErrLockNotAvailable] (PostgreSQL's
 // lock_timeout, SQLSTATE 55P03, set for this one statement and restored after it). A context deadline that
 // comes sooner wins. d is rounded up to a whole millisecond and must be positive.
 func WithTimeout(d time.Duration) Option {
@@ -124,9 +127,9 @@ func WithTimeout(d time.Duration) Option {
 }
 
 // WithDiagnostics names a second handle on the same database (typically the application's pool) through which,
-// when a lock request fails with [ErrLockNotAvailable], [ErrDeadlock] or because its context ended, one query
-// looks up who holds the lock. The answer is in [LockError.Blockers]. Without it no query is made.
-func WithDiagnostics(db Querier) Option {
+// when a lock request fails with [pgcc.ErrLockNotAvailable], [pgcc.ErrDeadlock] or because its context ended, one query
+// looks up who holds the lock. The answer is in [pgcc.LockError.Blockers]. Without it no query is made.
+func WithDiagnostics(db pgcc.DBTX) Option {
 	return func(c *config) {
 		if db == nil {
 			c.invalid = append(c.invalid, "WithDiagnostics needs a non-nil handle")
@@ -158,7 +161,6 @@ const (
 	useRows use = iota
 	useClaim
 	useAdvisory
-	useGuard
 )
 
 // newConfig applies opts and reports every invalid option, and every option the function cannot honour, in
@@ -192,13 +194,12 @@ func newConfig(u use, opts []Option) (*config, error) {
 		if c.whereSet {
 			c.invalid = append(c.invalid, "Where applies to Claim only")
 		}
-	case useGuard:
-		if c.strengthSet || c.wait == SkipLocked || c.whereSet {
-			c.invalid = append(c.invalid, "Guard chooses its own lock strength; it accepts WithWait(Wait or NoWait), WithTimeout and WithDiagnostics")
-		}
 	}
 	if len(c.invalid) > 0 {
-		return nil, fmt.Errorf("%w: %s", ErrInvalidOption, strings.Join(c.invalid, "; "))
+		return nil, fmt.Errorf("%w: %s", pgcc.ErrInvalidArgument, strings.Join(c.invalid, "; "))
 	}
 	return c, nil
 }
+
+// bounds is the part of c that bounds a lock statement.
+func (c *config) bounds() lockwait.Config { return lockwait.Config{Timeout: c.timeout, Diag: c.diag} }

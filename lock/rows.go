@@ -7,6 +7,9 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/lockwait"
 )
 
 // Table describes a table whose rows can be locked by key. A *repo.Table[T] satisfies it; so does any small
@@ -19,10 +22,6 @@ type Table interface {
 	// SelectColumns are the columns [Load] and [Claim] read, named like the fields of the row struct.
 	SelectColumns() []string
 }
-
-// Key is the value of a row's key columns, in the order of [Table.KeyColumns]: lock.Key{42} for a one-column
-// key, lock.Key{"acme", 7} for a two-column one.
-type Key []any
 
 // Rows locks the rows of t with the given keys in tx, in one statement, and returns the keys of the rows it
 // locked, in the canonical order (ascending by key), as pgx decodes the key columns (an int column gives
@@ -38,9 +37,9 @@ type Key []any
 //
 // ctx bounds the wait for the locks: a deadline becomes the statement's lock_timeout, and cancellation makes
 // the server abort the wait while the connection stays usable (the transaction is then aborted and must be
-// rolled back). A lock that was not granted is a [*LockError]: errors.Is [ErrLockNotAvailable] for NOWAIT
-// and timeouts, [ErrDeadlock] for a deadlock, context.Canceled or context.DeadlineExceeded when ctx ended.
-func Rows(ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Option) ([]Key, error) {
+// rolled back). A lock that was not granted is a [*pgcc.LockError]: errors.Is [pgcc.ErrLockNotAvailable] for NOWAIT
+// and timeouts, [pgcc.ErrDeadlock] for a deadlock, context.Canceled or context.DeadlineExceeded when ctx ended.
+func Rows(ctx context.Context, tx pgx.Tx, t Table, keys []pgcc.Key, opts ...Option) ([]pgcc.Key, error) {
 	cfg, err := newConfig(useRows, opts)
 	if err != nil {
 		return nil, err
@@ -49,32 +48,32 @@ func Rows(ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Option) (
 	if err != nil || len(keys) == 0 {
 		return nil, err
 	}
-	var locked []Key
-	req.scan = func(rows pgx.Rows) error {
+	var locked []pgcc.Key
+	req.Scan = func(rows pgx.Rows) error {
 		for rows.Next() {
 			v, err := rows.Values()
 			if err != nil {
 				return err
 			}
-			locked = append(locked, Key(v))
+			locked = append(locked, pgcc.Key(v))
 		}
 		return rows.Err()
 	}
-	if err := run(ctx, cfg, tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, cfg.bounds(), tx.Conn(), req); err != nil {
 		return nil, err
 	}
 	return locked, nil
 }
 
-// Row locks the row of t with key in tx, as [Rows] does for one key. It returns [ErrNotFound] when no such
+// Row locks the row of t with key in tx, as [Rows] does for one key. It returns [pgcc.ErrNotFound] ([*pgcc.NotFoundError]) when no such
 // row exists or, under [SkipLocked], when another transaction holds it.
-func Row(ctx context.Context, tx pgx.Tx, t Table, key Key, opts ...Option) error {
-	locked, err := Rows(ctx, tx, t, []Key{key}, opts...)
+func Row(ctx context.Context, tx pgx.Tx, t Table, key pgcc.Key, opts ...Option) error {
+	locked, err := Rows(ctx, tx, t, []pgcc.Key{key}, opts...)
 	if err != nil {
 		return err
 	}
 	if len(locked) == 0 {
-		return fmt.Errorf("%w: %s key %v", ErrNotFound, t.Identifier().Sanitize(), key)
+		return &pgcc.NotFoundError{Table: t.Identifier().Sanitize(), KeyColumns: t.KeyColumns(), Key: key}
 	}
 	return nil
 }
@@ -82,7 +81,7 @@ func Row(ctx context.Context, tx pgx.Tx, t Table, key Key, opts ...Option) error
 // Load locks the rows of t with the given keys, as [Rows] does, and returns them as T values, in ascending
 // key order: the select_for_update of Django or lock! of Rails. T's fields are matched to
 // [Table.SelectColumns] by name, as pgx.RowToStructByName does.
-func Load[T any](ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Option) ([]T, error) {
+func Load[T any](ctx context.Context, tx pgx.Tx, t Table, keys []pgcc.Key, opts ...Option) ([]T, error) {
 	cfg, err := newConfig(useRows, opts)
 	if err != nil {
 		return nil, err
@@ -92,11 +91,11 @@ func Load[T any](ctx context.Context, tx pgx.Tx, t Table, keys []Key, opts ...Op
 		return nil, err
 	}
 	var out []T
-	req.scan = func(rows pgx.Rows) error {
+	req.Scan = func(rows pgx.Rows) error {
 		out, err = pgx.CollectRows(rows, pgx.RowToStructByName[T])
 		return err
 	}
-	if err := run(ctx, cfg, tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, cfg.bounds(), tx.Conn(), req); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -117,7 +116,7 @@ func Claim[T any](ctx context.Context, tx pgx.Tx, t Table, limit int, opts ...Op
 		return nil, err
 	}
 	if limit < 1 {
-		return nil, fmt.Errorf("%w: Claim needs a limit of at least 1, got %d", ErrInvalidOption, limit)
+		return nil, fmt.Errorf("%w: Claim needs a limit of at least 1, got %d", pgcc.ErrInvalidArgument, limit)
 	}
 	if err := checkTable(t, t.SelectColumns()); err != nil {
 		return nil, err
@@ -125,7 +124,7 @@ func Claim[T any](ctx context.Context, tx pgx.Tx, t Table, limit int, opts ...Op
 	ident := t.Identifier().Sanitize()
 	var b strings.Builder
 	b.WriteString("SELECT ")
-	writeColumns(&b, t.SelectColumns())
+	lockwait.WriteColumns(&b, t.SelectColumns())
 	b.WriteString(" FROM ")
 	b.WriteString(ident)
 	if cfg.where != "" {
@@ -134,7 +133,7 @@ func Claim[T any](ctx context.Context, tx pgx.Tx, t Table, limit int, opts ...Op
 		b.WriteString(")")
 	}
 	b.WriteString(" ORDER BY ")
-	writeColumns(&b, t.KeyColumns())
+	lockwait.WriteColumns(&b, t.KeyColumns())
 	b.WriteString(" LIMIT $")
 	b.WriteString(strconv.Itoa(len(cfg.whereArgs) + 1))
 	b.WriteString(" ")
@@ -143,15 +142,15 @@ func Claim[T any](ctx context.Context, tx pgx.Tx, t Table, limit int, opts ...Op
 	args := append(append(make([]any, 0, len(cfg.whereArgs)+1), cfg.whereArgs...), limit)
 
 	var out []T
-	req := request{
-		sql: b.String(), args: args, inTx: true,
-		scan: func(rows pgx.Rows) error {
+	req := lockwait.Request{
+		SQL: b.String(), Args: args, InTx: true,
+		Scan: func(rows pgx.Rows) error {
 			out, err = pgx.CollectRows(rows, pgx.RowToStructByName[T])
 			return err
 		},
-		describe: func(e *LockError) { e.Table = ident },
+		Describe: func(e *pgcc.LockError) { e.Table, e.KeyColumns = ident, t.KeyColumns() },
 	}
-	if err := run(ctx, cfg, tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, cfg.bounds(), tx.Conn(), req); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -160,127 +159,48 @@ func Claim[T any](ctx context.Context, tx pgx.Tx, t Table, limit int, opts ...Op
 // buildLock builds the lock statement for keys of t, reading cols. One key of one column is matched with = $1,
 // several with = ANY($1) (one statement text per table and mode either way, so pgx's statement cache
 // prepares each once); multi-column keys with a row-value IN list.
-func buildLock(t Table, keys []Key, cfg *config, cols []string) (request, error) {
+func buildLock(t Table, keys []pgcc.Key, cfg *config, cols []string) (lockwait.Request, error) {
 	if err := checkTable(t, cols); err != nil {
-		return request{}, err
+		return lockwait.Request{}, err
 	}
 	keyCols := t.KeyColumns()
 	for _, k := range keys {
 		if len(k) != len(keyCols) {
-			return request{}, fmt.Errorf("%w: key %v has %d values, table %s has %d key columns", ErrInvalidOption, k, len(k), t.Identifier().Sanitize(), len(keyCols))
+			return lockwait.Request{}, fmt.Errorf("%w: key %v has %d values, table %s has %d key columns", pgcc.ErrInvalidArgument, k, len(k), t.Identifier().Sanitize(), len(keyCols))
 		}
 	}
 	ident := t.Identifier().Sanitize()
 	var b strings.Builder
 	b.Grow(128)
 	b.WriteString("SELECT ")
-	writeColumns(&b, cols)
+	lockwait.WriteColumns(&b, cols)
 	b.WriteString(" FROM ")
 	b.WriteString(ident)
 	b.WriteString(" WHERE ")
-	args := writeKeyCondition(&b, keyCols, keys, 1)
+	args := lockwait.WriteKeyCondition(&b, keyCols, keys, 1)
 	b.WriteString(" ORDER BY ")
-	writeColumns(&b, keyCols)
+	lockwait.WriteColumns(&b, keyCols)
 	b.WriteString(" ")
 	b.WriteString(cfg.strength.String())
 	if w := cfg.wait.String(); w != "" {
 		b.WriteString(" ")
 		b.WriteString(w)
 	}
-	return request{
-		sql: b.String(), args: args, inTx: true,
-		describe: func(e *LockError) { e.Table, e.Keys = ident, keys },
-		blockers: func(ctx context.Context, db Querier, pid uint32) ([]Blocker, error) {
-			return rowBlockers(ctx, db, pid, ident, keyCols, keys)
+	return lockwait.Request{
+		SQL: b.String(), Args: args, InTx: true,
+		Describe: func(e *pgcc.LockError) { e.Table, e.KeyColumns, e.Keys = ident, keyCols, keys },
+		Blockers: func(ctx context.Context, db pgcc.DBTX, self int) ([]pgcc.Blocker, error) {
+			return lockwait.RowBlockers(ctx, db, self, ident, keyCols, keys)
 		},
 	}, nil
 }
 
-// writeKeyCondition writes the predicate matching keys, numbering parameters from first, and returns the
-// arguments.
-func writeKeyCondition(b *strings.Builder, keyCols []string, keys []Key, first int) []any {
-	if len(keys) == 0 {
-		b.WriteString("false") // never sent: Rows and Load return early
-		return nil
-	}
-	if len(keyCols) == 1 && len(keys) == 1 {
-		b.WriteString(pgx.Identifier{keyCols[0]}.Sanitize())
-		b.WriteString(" = $")
-		b.WriteString(strconv.Itoa(first))
-		return []any{keys[0][0]}
-	}
-	if len(keyCols) == 1 {
-		b.WriteString(pgx.Identifier{keyCols[0]}.Sanitize())
-		b.WriteString(" = ANY($")
-		b.WriteString(strconv.Itoa(first))
-		b.WriteString(")")
-		vals := make([]any, len(keys))
-		for i, k := range keys {
-			vals[i] = k[0]
-		}
-		return []any{vals}
-	}
-	b.WriteString("(")
-	writeColumns(b, keyCols)
-	b.WriteString(") IN (")
-	args := make([]any, 0, len(keys)*len(keyCols))
-	n := first
-	for i, k := range keys {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString("(")
-		for j, v := range k {
-			if j > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString("$")
-			b.WriteString(strconv.Itoa(n))
-			n++
-			args = append(args, v)
-		}
-		b.WriteString(")")
-	}
-	b.WriteString(")")
-	return args
-}
-
-func writeColumns(b *strings.Builder, cols []string) {
-	for i, c := range cols {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(pgx.Identifier{c}.Sanitize())
-	}
-}
-
 func checkTable(t Table, cols []string) error {
 	if t == nil {
-		return fmt.Errorf("%w: no table", ErrInvalidOption)
+		return fmt.Errorf("%w: no table", pgcc.ErrInvalidArgument)
 	}
 	if len(t.Identifier()) == 0 || len(t.KeyColumns()) == 0 || len(cols) == 0 {
-		return fmt.Errorf("%w: table %q needs a name, key columns and columns to read", ErrInvalidOption, t.Identifier())
+		return fmt.Errorf("%w: table %q needs a name, key columns and columns to read", pgcc.ErrInvalidArgument, t.Identifier())
 	}
 	return nil
-}
-
-// rowBlockers finds the sessions holding row locks on keys of table: those whose transaction id is the xmax
-// of one of the rows (the transaction that locked or updated it) and that hold a lock on the table itself.
-// The second condition keeps a multixact xmax (rows share-locked by several transactions) from matching an
-// unrelated transaction by number; such rows report no blockers.
-func rowBlockers(ctx context.Context, db Querier, pid uint32, ident string, keyCols []string, keys []Key) ([]Blocker, error) {
-	var b strings.Builder
-	b.WriteString("SELECT ")
-	b.WriteString(blockerColumns)
-	b.WriteString(` FROM pg_stat_activity a WHERE a.pid <> $1 AND a.pid IN (
-	SELECT l.pid FROM pg_locks l WHERE l.locktype = 'transactionid' AND l.granted AND l.transactionid IN (
-		SELECT t.xmax FROM `)
-	b.WriteString(ident)
-	b.WriteString(" t WHERE ")
-	args := writeKeyCondition(&b, keyCols, keys, 3)
-	b.WriteString(`)
-	) AND a.pid IN (SELECT r.pid FROM pg_locks r WHERE r.locktype = 'relation' AND r.granted AND r.relation = to_regclass($2))
-	ORDER BY a.xact_start`)
-	rows, err := db.Query(ctx, b.String(), append([]any{int64(pid), ident}, args...)...)
-	return collectBlockers(rows, err)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/repo"
 )
@@ -141,7 +142,7 @@ func BenchmarkGet(b *testing.B) {
 		clientCPU(b)
 		i := int64(0)
 		for b.Loop() {
-			if _, err := accounts.Get(ctx, pool, i%benchRows+1); err != nil {
+			if _, err := accounts.Get(ctx, pool, pgcc.Key{i%benchRows + 1}); err != nil {
 				b.Fatal(err)
 			}
 			i++
@@ -230,7 +231,7 @@ func BenchmarkOverhead(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	var db repo.DBTX = fakeDB{}
+	var db pgcc.DBTX = fakeDB{}
 	const update = `UPDATE "accounts" SET "owner" = $1, "balance" = $2, "version" = "version" + 1 WHERE "id" = $3 AND "version" = $4`
 	const get = `SELECT "id", "owner", "balance", "version" FROM "accounts" WHERE "id" = $1`
 
@@ -268,7 +269,7 @@ func BenchmarkOverhead(b *testing.B) {
 	b.Run("Get/repo", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := accounts.Get(ctx, db, int64(42)); err != nil {
+			if _, err := accounts.Get(ctx, db, pgcc.Key{int64(42)}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/txn"
 )
 
@@ -22,27 +23,27 @@ var errRewrite = errors.New("pgcc: bulk update: a row was replaced at its expect
 // rows. Each row must appear at most once; a second copy of a row conflicts with the first.
 //
 // db must be able to begin a transaction (a pool, a connection or a pgx.Tx; sqlc's DBTX alone cannot): else
-// the error matches [ErrInvalidOption]. On a pool or connection the transaction is run by [txn.Run] with its
+// the error matches [pgcc.ErrInvalidArgument]. On a pool or connection the transaction is run by [txn.Run] with its
 // default policy, so a deadlock with another bulk update is retried. A row with a zero version is
 // [ErrNoVersion]. ctx governs every statement.
-func (t *Table[T]) UpdateAll(ctx context.Context, db DBTX, rows []*T) error {
+func (t *Table[T]) UpdateAll(ctx context.Context, db pgcc.DBTX, rows []*T) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	begin, ok := db.(txn.Beginner)
+	begin, ok := db.(pgcc.Beginner)
 	if !ok {
-		return fmt.Errorf("%w: UpdateAll of %s needs a handle that can begin a transaction or savepoint; %T cannot", ErrInvalidOption, t.quoted, db)
+		return fmt.Errorf("%w: UpdateAll of %s needs a handle that can begin a transaction or savepoint; %T cannot", pgcc.ErrInvalidArgument, t.quoted, db)
 	}
 	values := make([]reflect.Value, len(rows))
 	expected := make([]int64, len(rows))
 	for i, row := range rows {
 		if row == nil {
-			return fmt.Errorf("%w: UpdateAll of %s: row %d is nil", ErrInvalidOption, t.quoted, i)
+			return fmt.Errorf("%w: UpdateAll of %s: row %d is nil", pgcc.ErrInvalidArgument, t.quoted, i)
 		}
 		values[i] = reflect.ValueOf(row).Elem()
 		expected[i] = getInt(values[i].FieldByIndex(t.version.index))
 		if expected[i] == 0 {
-			return fmt.Errorf("%w: UpdateAll of %s: row %d %s has a zero version; read the row first", ErrNoVersion, t.quoted, i, formatKey(t.keyCols, t.keyValues(values[i])))
+			return fmt.Errorf("%w: UpdateAll of %s: row %d %s has a zero version; read the row first", ErrNoVersion, t.quoted, i, pgcc.FormatKey(t.keyCols, t.keyValues(values[i])))
 		}
 	}
 	set := t.sql.updateSet
@@ -115,9 +116,9 @@ func (t *Table[T]) bulkChunk(ctx context.Context, tx pgx.Tx, set []int, n int, a
 // bulkConflicts reads the current version of the rows at missing and returns the [*BulkConflictError], or
 // errRewrite when one of them is at its expected version and rewrite allows another try.
 func (t *Table[T]) bulkConflicts(ctx context.Context, tx pgx.Tx, values []reflect.Value, expected []int64, missing []int, rewrite bool) error {
-	conflicts := make([]*ConflictError, len(missing))
+	conflicts := make([]*pgcc.ConflictError, len(missing))
 	for i, idx := range missing {
-		conflicts[i] = &ConflictError{Table: t.quoted, Op: OpBulkUpdate, KeyColumns: t.KeyColumns(), Key: t.keyValues(values[idx]), Expected: expected[idx], Deleted: true}
+		conflicts[i] = &pgcc.ConflictError{Table: t.quoted, Op: pgcc.OpBulkUpdate, KeyColumns: t.KeyColumns(), Key: t.keyValues(values[idx]), Expected: expected[idx], Deleted: true}
 	}
 	chunk := bulkRows(len(t.d.key))
 	for start := 0; start < len(missing); start += chunk {

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
@@ -42,7 +43,7 @@ func TestLostUpdateModify(t *testing.T) {
 		wg.Go(func() {
 			for i := range increments {
 				waited := false
-				_, err := accounts.Modify(ctx, pool, repo.Key{int64(1)}, func(ctx context.Context, a *Account) error {
+				_, err := accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(ctx context.Context, a *Account) error {
 					if i == 0 && !waited {
 						waited = true
 						first.Wait(ctx)
@@ -147,7 +148,7 @@ func TestConflictReportsCommittedVersion(t *testing.T) {
 	if err := other.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantConflict(t, <-done, repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: 1, Actual: 8})
+	wantConflict(t, <-done, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(1)}, Expected: 1, Actual: 8})
 }
 
 // TestConflictWaitsForWriter: with a stale version the UPDATE writes nothing at once, and the follow-up read
@@ -158,10 +159,10 @@ func TestConflictWaitsForWriter(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		write string
-		want  repo.ConflictError
+		want  pgcc.ConflictError
 	}{
-		{"update", "UPDATE accounts SET version = 9 WHERE id = 1", repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: 5, Actual: 9}},
-		{"delete", "DELETE FROM accounts WHERE id = 1", repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: 5, Deleted: true}},
+		{"update", "UPDATE accounts SET version = 9 WHERE id = 1", pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(1)}, Expected: 5, Actual: 9}},
+		{"delete", "DELETE FROM accounts WHERE id = 1", pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(1)}, Expected: 5, Deleted: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -228,7 +229,7 @@ func TestReplacedRowIsRewritten(t *testing.T) {
 	go func() {
 		tag, err := pool.Exec(ctx, "UPDATE accounts SET owner = 'sqlc' WHERE id = 1 AND version = 2")
 		if err == nil {
-			err = accounts.Check(ctx, pool, tag, repo.Key{int64(1)}, 2)
+			err = accounts.Check(ctx, pool, tag, pgcc.Key{int64(1)}, 2)
 		}
 		tags <- err
 	}()
@@ -236,7 +237,7 @@ func TestReplacedRowIsRewritten(t *testing.T) {
 	if err := other.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantConflict(t, <-tags, repo.ConflictError{Table: `"accounts"`, Op: repo.OpCheck, Key: repo.Key{int64(1)}, Expected: 2, Actual: 2})
+	wantConflict(t, <-tags, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpCheck, Key: pgcc.Key{int64(1)}, Expected: 2, Actual: 2})
 }
 
 // TestRepeatableReadStaleSnapshot: inside a REPEATABLE READ transaction whose snapshot predates the row's
@@ -269,7 +270,7 @@ func TestRepeatableReadStaleSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if attempts != 2 || pgCode(firstErr) != pgerrcode.SerializationFailure || errors.Is(firstErr, repo.ErrConflict) {
+	if attempts != 2 || pgCode(firstErr) != pgerrcode.SerializationFailure || errors.Is(firstErr, pgcc.ErrConflict) {
 		t.Fatalf("%d attempts, first error %v; want a serialization failure, then success", attempts, firstErr)
 	}
 	if got := mustGet(t, accounts, pool, int64(1)); got.Owner != "from If-Match" || got.Version != 3 {
@@ -282,21 +283,21 @@ func TestHandles(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name string
-		run  func(t *testing.T, seq func(repo.DBTX) error) error
+		run  func(t *testing.T, seq func(pgcc.DBTX) error) error
 	}{
-		{"pool", func(t *testing.T, seq func(repo.DBTX) error) error {
+		{"pool", func(t *testing.T, seq func(pgcc.DBTX) error) error {
 			_, pool, _ := setup(t, 0)
 			return seq(pool)
 		}},
-		{"conn", func(t *testing.T, seq func(repo.DBTX) error) error {
+		{"conn", func(t *testing.T, seq func(pgcc.DBTX) error) error {
 			db, _, _ := setup(t, 0)
 			return seq(db.Conn(t))
 		}},
-		{"txn.Run", func(t *testing.T, seq func(repo.DBTX) error) error {
+		{"txn.Run", func(t *testing.T, seq func(pgcc.DBTX) error) error {
 			_, pool, _ := setup(t, 0)
 			return txn.Run(context.Background(), pool, func(ctx context.Context, tx pgx.Tx) error { return seq(tx) })
 		}},
-		{"DBTX only", func(t *testing.T, seq func(repo.DBTX) error) error {
+		{"DBTX only", func(t *testing.T, seq func(pgcc.DBTX) error) error {
 			_, pool, _ := setup(t, 0)
 			return seq(onlyDBTX{pool})
 		}},
@@ -308,7 +309,7 @@ func TestHandles(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
-			err = tc.run(t, func(db repo.DBTX) error {
+			err = tc.run(t, func(db pgcc.DBTX) error {
 				a := Account{ID: 1, Owner: "a", Balance: 1}
 				if err := accounts.Insert(ctx, db, &a); err != nil {
 					return err
@@ -318,11 +319,11 @@ func TestHandles(t *testing.T) {
 				if err := accounts.Update(ctx, db, &a); err != nil {
 					return err
 				}
-				var ce *repo.ConflictError
+				var ce *pgcc.ConflictError
 				if err := accounts.Update(ctx, db, &stale); !errors.As(err, &ce) || ce.Actual != 2 {
 					t.Errorf("stale Update: %v", err)
 				}
-				got, err := accounts.Modify(ctx, db, repo.Key{int64(1)}, func(_ context.Context, a *Account) error {
+				got, err := accounts.Modify(ctx, db, pgcc.Key{int64(1)}, func(_ context.Context, a *Account) error {
 					a.Balance *= 10
 					return nil
 				})
@@ -335,8 +336,8 @@ func TestHandles(t *testing.T) {
 				if err := accounts.Delete(ctx, db, &got); err != nil {
 					return err
 				}
-				_, err = accounts.Get(ctx, db, int64(1))
-				if !errors.Is(err, repo.ErrNotFound) {
+				_, err = accounts.Get(ctx, db, pgcc.Key{int64(1)})
+				if !errors.Is(err, pgcc.ErrNotFound) {
 					t.Errorf("Get after Delete: %v", err)
 				}
 				return nil
@@ -356,7 +357,7 @@ func TestModifyConflictInTx(t *testing.T) {
 	ctx := context.Background()
 	calls := 0
 	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-		_, err := accounts.Modify(ctx, tx, repo.Key{int64(1)}, func(ctx context.Context, a *Account) error {
+		_, err := accounts.Modify(ctx, tx, pgcc.Key{int64(1)}, func(ctx context.Context, a *Account) error {
 			calls++
 			if calls == 1 { // someone else commits between our read and our write
 				if _, err := pool.Exec(ctx, "UPDATE accounts SET balance = balance + 1000, version = version + 1 WHERE id = 1"); err != nil {
@@ -382,34 +383,34 @@ func TestModifyErrors(t *testing.T) {
 	ctx := context.Background()
 	errMine := errors.New("insufficient funds")
 
-	_, err := accounts.Modify(ctx, pool, repo.Key{int64(1)}, func(context.Context, *Account) error { return errMine })
+	_, err := accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(context.Context, *Account) error { return errMine })
 	if err != errMine {
 		t.Fatalf("fn's error came back as %v, want it unchanged", err)
 	}
-	_, err = accounts.Modify(ctx, pool, repo.Key{int64(404)}, func(context.Context, *Account) error { return nil })
-	if !errors.Is(err, repo.ErrNotFound) {
+	_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(404)}, func(context.Context, *Account) error { return nil })
+	if !errors.Is(err, pgcc.ErrNotFound) {
 		t.Fatalf("Modify of a missing row: %v, want ErrNotFound", err)
 	}
-	_, err = accounts.Modify(ctx, pool, repo.Key{int64(1)}, func(context.Context, *Account) error { return nil }, txn.WithIsolation(pgx.Serializable))
-	if !errors.Is(err, repo.ErrInvalidOption) || !errors.Is(err, txn.ErrInvalidOption) {
-		t.Fatalf("Modify with a transaction option: %v, want repo and txn ErrInvalidOption", err)
+	_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(context.Context, *Account) error { return nil }, txn.WithIsolation(pgx.Serializable))
+	if !errors.Is(err, pgcc.ErrInvalidArgument) || !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Fatalf("Modify with a transaction option: %v, want ErrInvalidArgument", err)
 	}
-	if _, err := accounts.Modify(ctx, pool, repo.Key{int64(1)}, nil); !errors.Is(err, repo.ErrInvalidOption) {
+	if _, err := accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, nil); !errors.Is(err, pgcc.ErrInvalidArgument) {
 		t.Fatalf("Modify with a nil function: %v", err)
 	}
 
 	// Someone else writes between every read and write: attempts run out, and the error still says conflict.
 	calls := 0
-	_, err = accounts.Modify(ctx, pool, repo.Key{int64(1)}, func(ctx context.Context, a *Account) error {
+	_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(ctx context.Context, a *Account) error {
 		calls++
 		_, err := pool.Exec(ctx, "UPDATE accounts SET version = version + 1 WHERE id = 1")
 		return err
 	}, txn.WithMaxAttempts(3), txn.WithBackoff(txn.Backoff{Base: time.Millisecond}))
-	var exhausted *txn.RetriesExhaustedError
-	if !errors.As(err, &exhausted) || exhausted.Attempts != 3 || calls != 3 || !errors.Is(err, repo.ErrConflict) {
+	var exhausted *pgcc.RetriesExhaustedError
+	if !errors.As(err, &exhausted) || exhausted.Attempts != 3 || calls != 3 || !errors.Is(err, pgcc.ErrConflict) {
 		t.Fatalf("Modify against a constant writer: %v after %d calls", err, calls)
 	}
-	wantConflict(t, exhausted.Err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: 3, Actual: 4})
+	wantConflict(t, exhausted.Err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(1)}, Expected: 3, Actual: 4})
 }
 
 // TestModifyConflictRoundTrips: one conflict costs Modify one read, which serves both as the actual version
@@ -420,8 +421,8 @@ func TestModifyConflictRoundTrips(t *testing.T) {
 	_, pool, accounts := setup(t, 1, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	ctx := context.Background()
 	calls := 0
-	var seen *repo.ConflictError
-	_, err := accounts.Modify(ctx, pool, repo.Key{int64(1)}, func(ctx context.Context, a *Account) error {
+	var seen *pgcc.ConflictError
+	_, err := accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(ctx context.Context, a *Account) error {
 		calls++
 		if calls == 1 {
 			// Someone else commits between our read and our write, twice, so the version moves from 1 to 3.

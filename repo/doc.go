@@ -17,7 +17,7 @@
 //
 // Names are quoted with pgx.Identifier.Sanitize, so any name PostgreSQL accepts works; empty names, NUL
 // bytes, names longer than 63 bytes and a struct without a field for a key or version column are rejected
-// here, with [ErrInvalidTable], not at the first query. [WithKey] names a composite key, [InSchema] a schema,
+// here, with [pgcc.ErrInvalidArgument], not at the first query. [WithKey] names a composite key, [InSchema] a schema,
 // [WithVersion] another version column, [WithXmin] the xmin system column for tables without one
 // ([VersionKind]), and [WithInsertDefaults] columns filled by their defaults on insert.
 //
@@ -37,19 +37,19 @@
 // the context's deadline).
 //
 // Code with its own SQL (sqlc, hand-written) gets the same errors from [Table.Check], which turns the
-// CommandTag of its compare-and-swap statement into nil or a [*ConflictError].
+// CommandTag of its compare-and-swap statement into nil or a [*pgcc.ConflictError].
 //
 // # Errors
 //
 // Sentinels for errors.Is and types for errors.As:
-//   - [ErrConflict], [*ConflictError]: the row is at another version (Actual) than the caller's (Expected),
-//     or was deleted (Deleted). Table, Key and Op say where. The message reads
+//   - [pgcc.ErrConflict], [*pgcc.ConflictError]: the row is at another version (Actual) than the caller's
+//     (Expected), or was deleted (Deleted). Table, Key and Op say where. The message reads
 //     `pgcc: conflict updating "accounts" id=42: expected version 7, found 9`.
 //   - [*BulkConflictError]: every conflicting row of an [Table.UpdateAll] batch, which was rolled back.
-//   - [ErrNotFound], [*NotFoundError]: [Table.Get] or [Table.Modify] found no row with the key; errors.Is
-//     with pgx.ErrNoRows holds too.
+//   - [pgcc.ErrNotFound], [*pgcc.NotFoundError]: [Table.Get] or [Table.Modify] found no row with the key;
+//     errors.Is with pgx.ErrNoRows holds too.
 //   - [ErrNoVersion]: a write of a row whose version is zero, refused rather than sent unguarded.
-//   - [ErrInvalidTable] from [NewTable], [ErrInvalidOption] for options and arguments: nothing was sent.
+//   - [pgcc.ErrInvalidArgument] from [NewTable] and for options and arguments: nothing was sent.
 //
 // Errors PostgreSQL reports (a unique violation on Insert, a serialization failure inside a REPEATABLE READ
 // transaction) are wrapped with the table and key, and errors.As still finds the *pgconn.PgError.
@@ -64,7 +64,5 @@
 // be at the expected version after all (it was deleted and inserted again after the write's snapshot), the
 // write is sent again, at most three times. docs/optimistic.md has the details.
 //
-// # Layering
-//
-// repo depends on pgx and package txn, whose retry policy [Table.Modify] reuses. Package lock builds on it.
+// docs/architecture.md shows where repo sits among the other packages.
 package repo

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -49,19 +50,19 @@ func ExampleTable_Update() {
 		return
 	}
 
-	first, _ := accounts.Get(ctx, pool, 42)
-	second, _ := accounts.Get(ctx, pool, 42)
+	first, _ := accounts.Get(ctx, pool, pgcc.Key{42})
+	second, _ := accounts.Get(ctx, pool, pgcc.Key{42})
 	first.Balance += 50
 	fmt.Println(accounts.Update(ctx, pool, &first), first.Version)
 
 	second.Balance -= 30
 	err = accounts.Update(ctx, pool, &second)
 	fmt.Println(err)
-	var conflict *repo.ConflictError
+	var conflict *pgcc.ConflictError
 	if errors.As(err, &conflict) {
 		fmt.Println(conflict.Expected, conflict.Actual, conflict.Deleted)
 	}
-	stored, _ := accounts.Get(ctx, pool, 42)
+	stored, _ := accounts.Get(ctx, pool, pgcc.Key{42})
 	fmt.Println(stored.Balance)
 	// Output:
 	// <nil> 8
@@ -102,11 +103,11 @@ func ExampleTable_Modify() {
 		a.Balance -= 110
 		return nil
 	}
-	_, err = accounts.Modify(ctx, pool, repo.Key{int64(1)}, withdraw)
+	_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, withdraw)
 	fmt.Println(errors.Is(err, errInsufficient), calls)
 
 	calls = 0
-	stored, err := accounts.Modify(ctx, pool, repo.Key{int64(1)}, withdraw,
+	stored, err := accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, withdraw,
 		txn.WithMaxAttempts(5), txn.WithBackoff(txn.Backoff{Base: time.Millisecond}))
 	fmt.Println(stored.Balance, stored.Version, err, calls)
 	// Output:
@@ -139,7 +140,7 @@ func ExampleTable_Check() {
 		if err != nil {
 			return err
 		}
-		return accounts.Check(ctx, pool, tag, repo.Key{id}, version)
+		return accounts.Check(ctx, pool, tag, pgcc.Key{id}, version)
 	}
 	fmt.Println(setBalance(1, 90, 3))
 	fmt.Println(setBalance(1, 80, 3))
@@ -170,7 +171,7 @@ func ExampleTable_UpdateAll() {
 
 	var batch []*Account
 	for id := int64(1); id <= 5; id++ {
-		a, _ := accounts.Get(ctx, pool, id)
+		a, _ := accounts.Get(ctx, pool, pgcc.Key{id})
 		a.Balance += 10
 		batch = append(batch, &a)
 	}
@@ -189,8 +190,8 @@ func ExampleTable_UpdateAll() {
 	fmt.Println(written)
 	// Output:
 	// pgcc: bulk update of "example_bulk_accounts" rolled back: 2 of 5 rows conflicted: id=2 expected version 1, found 2; id=4 expected version 1, deleted
-	// [2] 1 2 false
-	// [4] 1 0 true
+	// (2) 1 2 false
+	// (4) 1 0 true
 	// 0
 }
 
@@ -203,12 +204,12 @@ func ExampleNewTable() {
 	}
 	_, err := repo.NewTable[Order]("orders", repo.WithKey("order_id"))
 	fmt.Println(err)
-	fmt.Println(errors.Is(err, repo.ErrInvalidTable))
+	fmt.Println(errors.Is(err, pgcc.ErrInvalidArgument))
 
 	orders, err := repo.NewTable[Order]("orders", repo.InSchema("shop"), repo.WithKey("order_id"), repo.WithVersion("rev"))
 	fmt.Println(orders.Name(), orders.KeyColumns(), orders.VersionColumn(), err)
 	// Output:
-	// pgcc: invalid table description: table "orders": struct repo_test.Order has no field for counter version column "version" (tag a field `db:"version"`)
+	// pgcc: invalid argument: table "orders": struct repo_test.Order has no field for counter version column "version" (tag a field `db:"version"`)
 	// true
 	// "shop"."orders" [order_id] rev <nil>
 }
@@ -235,14 +236,14 @@ func ExampleWithXmin() {
 		return
 	}
 
-	mine, _ := profiles.Get(ctx, pool, int64(1))
+	mine, _ := profiles.Get(ctx, pool, pgcc.Key{int64(1)})
 	theirs := mine
 	theirs.Bio = "written first"
 	fmt.Println(profiles.Update(ctx, pool, &theirs), theirs.Xmin != mine.Xmin)
 
 	mine.Bio = "written second"
 	err = profiles.Update(ctx, pool, &mine)
-	var conflict *repo.ConflictError
+	var conflict *pgcc.ConflictError
 	fmt.Println(errors.As(err, &conflict), conflict.Actual == int64(theirs.Xmin))
 	// Output:
 	// <nil> true

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/repo"
 )
@@ -50,29 +51,29 @@ func setup(t *testing.T, n int, configure ...func(*pgxpool.Config)) (*pgtest.DB,
 	return db, pool, accounts
 }
 
-func mustGet[T any](t *testing.T, tbl *repo.Table[T], db repo.DBTX, key ...any) T {
+func mustGet[T any](t *testing.T, tbl *repo.Table[T], db pgcc.DBTX, key ...any) T {
 	t.Helper()
-	row, err := tbl.Get(context.Background(), db, key...)
+	row, err := tbl.Get(context.Background(), db, pgcc.Key(key))
 	if err != nil {
 		t.Fatalf("Get(%v): %v", key, err)
 	}
 	return row
 }
 
-func asConflict(t *testing.T, err error) *repo.ConflictError {
+func asConflict(t *testing.T, err error) *pgcc.ConflictError {
 	t.Helper()
-	var ce *repo.ConflictError
+	var ce *pgcc.ConflictError
 	if !errors.As(err, &ce) {
-		t.Fatalf("error %v (%T) is not a *repo.ConflictError", err, err)
+		t.Fatalf("error %v (%T) is not a *pgcc.ConflictError", err, err)
 	}
-	if !errors.Is(err, repo.ErrConflict) {
+	if !errors.Is(err, pgcc.ErrConflict) {
 		t.Fatalf("errors.Is(%v, ErrConflict) is false", err)
 	}
 	return ce
 }
 
 // wantConflict checks every field of a conflict except KeyColumns, which is checked where it matters.
-func wantConflict(t *testing.T, err error, want repo.ConflictError) {
+func wantConflict(t *testing.T, err error, want pgcc.ConflictError) {
 	t.Helper()
 	ce := asConflict(t, err)
 	if ce.Table != want.Table || ce.Op != want.Op || ce.Expected != want.Expected || ce.Actual != want.Actual || ce.Deleted != want.Deleted || !sameKey(ce.Key, want.Key) {
@@ -80,7 +81,7 @@ func wantConflict(t *testing.T, err error, want repo.ConflictError) {
 	}
 }
 
-func sameKey(a, b repo.Key) bool {
+func sameKey(a, b pgcc.Key) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -100,7 +101,7 @@ func pgCode(err error) string {
 	return ""
 }
 
-func queryInt(t *testing.T, q repo.DBTX, sql string, args ...any) int64 {
+func queryInt(t *testing.T, q pgcc.DBTX, sql string, args ...any) int64 {
 	t.Helper()
 	var n int64
 	if err := q.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
@@ -127,7 +128,7 @@ func awaitLockWait(t *testing.T, pool *pgxpool.Pool, n int) {
 }
 
 // onlyDBTX hides every method of a handle but Exec, Query and QueryRow, as sqlc's DBTX does.
-type onlyDBTX struct{ repo.DBTX }
+type onlyDBTX struct{ pgcc.DBTX }
 
 // beginTx starts a transaction for a test's other session and rolls it back at cleanup if still open.
 func beginTx(t *testing.T, pool *pgxpool.Pool) pgx.Tx {

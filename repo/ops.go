@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/txn"
 )
 
@@ -20,8 +21,8 @@ import (
 const maxRewrites = 3
 
 // Get reads the row with the given key, one value per key column in key order. No such row is a
-// [*NotFoundError] (errors.Is [ErrNotFound]). ctx governs the query.
-func (t *Table[T]) Get(ctx context.Context, db DBTX, key ...any) (T, error) {
+// [*pgcc.NotFoundError] (errors.Is [pgcc.ErrNotFound]). ctx governs the query.
+func (t *Table[T]) Get(ctx context.Context, db pgcc.DBTX, key pgcc.Key) (T, error) {
 	var row T
 	if len(key) != len(t.d.key) {
 		return row, t.keyCountError(len(key))
@@ -31,12 +32,12 @@ func (t *Table[T]) Get(ctx context.Context, db DBTX, key ...any) (T, error) {
 	for i, f := range t.fields {
 		dest[i] = v.FieldByIndex(f.index).Addr().Interface()
 	}
-	if err := db.QueryRow(ctx, t.sql.get, key...).Scan(dest...); err != nil {
+	if err := db.QueryRow(ctx, t.sql.get, []any(key)...).Scan(dest...); err != nil {
 		var zero T
 		if errors.Is(err, pgx.ErrNoRows) {
-			return zero, &NotFoundError{Table: t.quoted, KeyColumns: t.KeyColumns(), Key: append(Key(nil), key...)}
+			return zero, &pgcc.NotFoundError{Table: t.quoted, KeyColumns: t.KeyColumns(), Key: append(pgcc.Key(nil), key...)}
 		}
-		return zero, fmt.Errorf("pgcc: get %s %s: %w", t.quoted, formatKey(t.keyCols, key), err)
+		return zero, fmt.Errorf("pgcc: get %s %s: %w", t.quoted, pgcc.FormatKey(t.keyCols, key), err)
 	}
 	return row, nil
 }
@@ -45,9 +46,9 @@ func (t *Table[T]) Get(ctx context.Context, db DBTX, key ...any) (T, error) {
 // or the new xmin. Columns named by [WithInsertDefaults] are left to their defaults and read back into row.
 // A unique violation is returned as PostgreSQL reported it (errors.As finds the *pgconn.PgError, SQLSTATE
 // 23505). ctx governs the statement.
-func (t *Table[T]) Insert(ctx context.Context, db DBTX, row *T) error {
+func (t *Table[T]) Insert(ctx context.Context, db pgcc.DBTX, row *T) error {
 	if row == nil {
-		return fmt.Errorf("%w: Insert into %s of a nil row", ErrInvalidOption, t.quoted)
+		return fmt.Errorf("%w: Insert into %s of a nil row", pgcc.ErrInvalidArgument, t.quoted)
 	}
 	v := reflect.ValueOf(row).Elem()
 	args := t.values(make([]any, 0, len(t.sql.insertArgs)), v, t.sql.insertArgs)
@@ -82,43 +83,43 @@ func (t *Table[T]) Insert(ctx context.Context, db DBTX, row *T) error {
 //
 // When nothing was written, a second statement reads the row's current version (SELECT … FOR SHARE, which
 // sees the newest committed version even where the UPDATE's snapshot could not) and Update returns a
-// [*ConflictError] (errors.Is [ErrConflict]) with the version found, or with Deleted set when the row is
+// [*pgcc.ConflictError] (errors.Is [pgcc.ErrConflict]) with the version found, or with Deleted set when the row is
 // gone. row is then unchanged. A row whose version is zero is refused with [ErrNoVersion] and nothing is sent.
 // ctx governs both statements.
-func (t *Table[T]) Update(ctx context.Context, db DBTX, row *T) error {
-	return t.write(ctx, db, row, OpUpdate, t.sql.update, t.sql.updateSet, true)
+func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T) error {
+	return t.write(ctx, db, row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, true)
 }
 
 // UpdateColumns is [Table.Update] for the named columns only (their column names, as tagged): the others
 // keep whatever the database holds. It is guarded by the version as Update is, and bumps it the same way. A
-// key column, the version column or a column T does not map is an error matching [ErrInvalidOption]. The
+// key column, the version column or a column T does not map is an error matching [pgcc.ErrInvalidArgument]. The
 // statement for each list of columns is built once and cached in t.
-func (t *Table[T]) UpdateColumns(ctx context.Context, db DBTX, row *T, cols ...string) error {
+func (t *Table[T]) UpdateColumns(ctx context.Context, db pgcc.DBTX, row *T, cols ...string) error {
 	ps, err := t.partialStmt(cols)
 	if err != nil {
 		return err
 	}
-	return t.write(ctx, db, row, OpUpdate, ps.sql, ps.set, true)
+	return t.write(ctx, db, row, pgcc.OpUpdate, ps.sql, ps.set, true)
 }
 
 // Delete deletes row provided it is still at row's version. A conflict is reported as [Table.Update]
-// reports it; a row someone else deleted first is a [*ConflictError] with Deleted set. ctx governs the
+// reports it; a row someone else deleted first is a [*pgcc.ConflictError] with Deleted set. ctx governs the
 // statements.
-func (t *Table[T]) Delete(ctx context.Context, db DBTX, row *T) error {
-	return t.write(ctx, db, row, OpDelete, t.sql.delete, nil, false)
+func (t *Table[T]) Delete(ctx context.Context, db pgcc.DBTX, row *T) error {
+	return t.write(ctx, db, row, pgcc.OpDelete, t.sql.delete, nil, false)
 }
 
 // ForceIncrement gives row a new version without changing any value, provided it is still at row's version
 // (JPA's OPTIMISTIC_FORCE_INCREMENT): a write to a child row can so invalidate every copy of its aggregate
 // root that others hold. For a [VersionXmin] table it rewrites the row unchanged, which gives it a new xmin.
 // Conflicts are reported as [Table.Update] reports them. ctx governs the statements.
-func (t *Table[T]) ForceIncrement(ctx context.Context, db DBTX, row *T) error {
-	return t.write(ctx, db, row, OpForceIncrement, t.sql.force, nil, true)
+func (t *Table[T]) ForceIncrement(ctx context.Context, db pgcc.DBTX, row *T) error {
+	return t.write(ctx, db, row, pgcc.OpForceIncrement, t.sql.force, nil, true)
 }
 
 // write runs one compare-and-swap statement whose parameters are the columns at set, the key and the
 // expected version, and on a conflict reads the current version for the error (see [Table.probe]).
-func (t *Table[T]) write(ctx context.Context, db DBTX, row *T, op, sql string, set []int, bumps bool) error {
+func (t *Table[T]) write(ctx context.Context, db pgcc.DBTX, row *T, op, sql string, set []int, bumps bool) error {
 	for n := 1; ; n++ {
 		written, expected, err := t.send(ctx, db, row, op, sql, set, bumps)
 		if err != nil || written {
@@ -127,7 +128,7 @@ func (t *Table[T]) write(ctx context.Context, db DBTX, row *T, op, sql string, s
 		v := reflect.ValueOf(row).Elem()
 		actual, found, err := t.probe(ctx, db, t.keyArgs(nil, v))
 		if err != nil {
-			return fmt.Errorf("pgcc: %s %s %s: reading the current version after a conflict: %w", op, t.quoted, formatKey(t.keyCols, t.keyValues(v)), err)
+			return fmt.Errorf("pgcc: %s %s %s: reading the current version after a conflict: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err)
 		}
 		if found && actual == expected && n < maxRewrites {
 			continue // the row was replaced at the same version after the write's snapshot: write again
@@ -138,22 +139,22 @@ func (t *Table[T]) write(ctx context.Context, db DBTX, row *T, op, sql string, s
 
 // send sends one compare-and-swap statement for row and reports whether it wrote the row, and the version it
 // compared with. On success it sets row's version to the new one (when bumps).
-func (t *Table[T]) send(ctx context.Context, db DBTX, row *T, op, sql string, set []int, bumps bool) (bool, int64, error) {
+func (t *Table[T]) send(ctx context.Context, db pgcc.DBTX, row *T, op, sql string, set []int, bumps bool) (bool, int64, error) {
 	if row == nil {
-		return false, 0, fmt.Errorf("%w: %s of a nil row in %s", ErrInvalidOption, op, t.quoted)
+		return false, 0, fmt.Errorf("%w: %s of a nil row in %s", pgcc.ErrInvalidArgument, op, t.quoted)
 	}
 	v := reflect.ValueOf(row).Elem()
 	vf := v.FieldByIndex(t.version.index)
 	expected := getInt(vf)
 	if expected == 0 {
-		return false, 0, fmt.Errorf("%w: %s of %s %s: the version field is zero; read the row first", ErrNoVersion, op, t.quoted, formatKey(t.keyCols, t.keyValues(v)))
+		return false, 0, fmt.Errorf("%w: %s of %s %s: the version field is zero; read the row first", ErrNoVersion, op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)))
 	}
 	args := t.values(make([]any, 0, len(set)+len(t.d.key)+1), v, set)
 	args = t.keyArgs(args, v)
 	args = append(args, expected)
 	written, version, err := t.exec(ctx, db, sql, args, bumps)
 	if err != nil {
-		return false, expected, fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, formatKey(t.keyCols, t.keyValues(v)), err)
+		return false, expected, fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err)
 	}
 	if written && bumps {
 		if t.d.kind == VersionCounter {
@@ -165,14 +166,14 @@ func (t *Table[T]) send(ctx context.Context, db DBTX, row *T, op, sql string, se
 }
 
 // conflict is the error of a compare-and-swap on v (a T) that found the row at actual, or gone.
-func (t *Table[T]) conflict(op string, v reflect.Value, expected, actual int64, found bool) *ConflictError {
-	return &ConflictError{Table: t.quoted, Op: op, KeyColumns: t.KeyColumns(), Key: t.keyValues(v),
+func (t *Table[T]) conflict(op string, v reflect.Value, expected, actual int64, found bool) *pgcc.ConflictError {
+	return &pgcc.ConflictError{Table: t.quoted, Op: op, KeyColumns: t.KeyColumns(), Key: t.keyValues(v),
 		Expected: expected, Actual: actual, Deleted: !found}
 }
 
 // exec runs a compare-and-swap statement and reports whether it wrote the row and, when the statement
 // returns it (xmin tables), the new version.
-func (t *Table[T]) exec(ctx context.Context, db DBTX, sql string, args []any, bumps bool) (bool, int64, error) {
+func (t *Table[T]) exec(ctx context.Context, db pgcc.DBTX, sql string, args []any, bumps bool) (bool, int64, error) {
 	if !bumps || t.d.kind == VersionCounter {
 		tag, err := db.Exec(ctx, sql, args...)
 		return err == nil && tag.RowsAffected() > 0, 0, err
@@ -193,7 +194,7 @@ func (t *Table[T]) exec(ctx context.Context, db DBTX, sql string, args []any, bu
 // it does not conflict with an UPDATE that leaves the key alone, so under REPEATABLE READ it returns the
 // snapshot's version. Outside a transaction the lock ends with the statement; inside one it is held to the
 // end, which only delays others' writes to a row this transaction was about to write anyway.
-func (t *Table[T]) probe(ctx context.Context, db DBTX, key []any) (version int64, found bool, err error) {
+func (t *Table[T]) probe(ctx context.Context, db pgcc.DBTX, key []any) (version int64, found bool, err error) {
 	err = db.QueryRow(ctx, t.sql.probe, key...).Scan(&version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
@@ -208,11 +209,11 @@ func (t *Table[T]) probe(ctx context.Context, db DBTX, key []any) (version int64
 //
 // key is the row's key and expected the version the statement compared with. When tag says a row was
 // written Check returns nil without a query. Otherwise it reads the row's current version as [Table.Update]
-// does and returns a [*ConflictError] with Op [OpCheck]: Deleted when the row is gone, Actual otherwise.
+// does and returns a [*pgcc.ConflictError] with Op [pgcc.OpCheck]: Deleted when the row is gone, Actual otherwise.
 // Actual may equal expected when the row was replaced at the same version after the statement's snapshot:
 // the statement may then succeed if run again, and [Table.Modify] does so. An expected version of zero is
 // [ErrNoVersion]. ctx governs the query.
-func (t *Table[T]) Check(ctx context.Context, db DBTX, tag pgconn.CommandTag, key Key, expected int64) error {
+func (t *Table[T]) Check(ctx context.Context, db pgcc.DBTX, tag pgconn.CommandTag, key pgcc.Key, expected int64) error {
 	if tag.RowsAffected() > 0 {
 		return nil
 	}
@@ -220,13 +221,13 @@ func (t *Table[T]) Check(ctx context.Context, db DBTX, tag pgconn.CommandTag, ke
 		return t.keyCountError(len(key))
 	}
 	if expected == 0 {
-		return fmt.Errorf("%w: checking %s %s: expected version is zero", ErrNoVersion, t.quoted, formatKey(t.keyCols, key))
+		return fmt.Errorf("%w: checking %s %s: expected version is zero", ErrNoVersion, t.quoted, pgcc.FormatKey(t.keyCols, key))
 	}
 	actual, found, err := t.probe(ctx, db, key)
 	if err != nil {
-		return fmt.Errorf("pgcc: checking %s %s: %w", t.quoted, formatKey(t.keyCols, key), err)
+		return fmt.Errorf("pgcc: checking %s %s: %w", t.quoted, pgcc.FormatKey(t.keyCols, key), err)
 	}
-	return &ConflictError{Table: t.quoted, Op: OpCheck, KeyColumns: t.KeyColumns(), Key: append(Key(nil), key...), Expected: expected, Actual: actual, Deleted: !found}
+	return &pgcc.ConflictError{Table: t.quoted, Op: pgcc.OpCheck, KeyColumns: t.KeyColumns(), Key: append(pgcc.Key(nil), key...), Expected: expected, Actual: actual, Deleted: !found}
 }
 
 // Modify is an optimistic read-modify-write: it reads the row with key, calls fn to change it, and writes
@@ -235,18 +236,18 @@ func (t *Table[T]) Check(ctx context.Context, db DBTX, tag pgconn.CommandTag, ke
 //
 // The retry policy is [txn.Retry]'s, configured by opts: attempts ([txn.WithMaxAttempts], default
 // [txn.DefaultMaxAttempts]), jittered backoff ([txn.WithBackoff]) and the context's deadline. By default it
-// retries [ErrConflict] and, when db is not a transaction, what [txn.Retryable] accepts; inside a pgx.Tx a
+// retries [pgcc.ErrConflict] and, when db is not a transaction, what [txn.Retryable] accepts; inside a pgx.Tx a
 // serialization failure or deadlock aborts the transaction, so it is returned for the owner of the
 // transaction (say, an enclosing [txn.Run]) to retry. [txn.RetryIf] replaces that decision.
 //
 // fn's own error is returned unchanged and ends the loop. When attempts run out, the error is a
-// *txn.RetriesExhaustedError, for which errors.Is(err, ErrConflict) still holds. A missing row is a
-// [*NotFoundError]. Transaction-shaping options (isolation, timeouts) match [ErrInvalidOption]. ctx governs
+// *pgcc.RetriesExhaustedError, for which errors.Is(err, pgcc.ErrConflict) still holds. A missing row is a
+// [*pgcc.NotFoundError]. Transaction-shaping options (isolation, timeouts) match [pgcc.ErrInvalidArgument]. ctx governs
 // every statement and every sleep, and is passed to fn.
-func (t *Table[T]) Modify(ctx context.Context, db DBTX, key Key, fn func(ctx context.Context, row *T) error, opts ...txn.Option) (T, error) {
+func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn func(ctx context.Context, row *T) error, opts ...txn.Option) (T, error) {
 	var out T
 	if fn == nil {
-		return out, fmt.Errorf("%w: Modify of %s needs a function", ErrInvalidOption, t.quoted)
+		return out, fmt.Errorf("%w: Modify of %s needs a function", pgcc.ErrInvalidArgument, t.quoted)
 	}
 	if len(key) != len(t.d.key) {
 		return out, t.keyCountError(len(key))
@@ -269,14 +270,14 @@ func (t *Table[T]) Modify(ctx context.Context, db DBTX, key Key, fn func(ctx con
 			row, next = *next, nil
 		} else {
 			var err error
-			if row, err = t.Get(ctx, db, key...); err != nil {
+			if row, err = t.Get(ctx, db, key); err != nil {
 				return err
 			}
 		}
 		if err := fn(ctx, &row); err != nil {
 			return err
 		}
-		written, expected, err := t.send(ctx, db, &row, OpUpdate, t.sql.update, t.sql.updateSet, true)
+		written, expected, err := t.send(ctx, db, &row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, true)
 		if err != nil {
 			return err
 		}
@@ -284,34 +285,31 @@ func (t *Table[T]) Modify(ctx context.Context, db DBTX, key Key, fn func(ctx con
 			out = row
 			return nil
 		}
-		current, err := t.Get(ctx, db, key...)
-		if errors.Is(err, ErrNotFound) {
-			return t.conflict(OpUpdate, reflect.ValueOf(&row).Elem(), expected, 0, false)
+		current, err := t.Get(ctx, db, key)
+		if errors.Is(err, pgcc.ErrNotFound) {
+			return t.conflict(pgcc.OpUpdate, reflect.ValueOf(&row).Elem(), expected, 0, false)
 		}
 		if err != nil {
 			return err
 		}
 		next = &current
-		return t.conflict(OpUpdate, reflect.ValueOf(&row).Elem(), expected, t.VersionOf(&current), true)
+		return t.conflict(pgcc.OpUpdate, reflect.ValueOf(&row).Elem(), expected, t.VersionOf(&current), true)
 	}, all...)
 	if err != nil {
 		var zero T
-		if errors.Is(err, txn.ErrInvalidOption) && !errors.Is(err, ErrInvalidOption) {
-			err = fmt.Errorf("%w: %w", ErrInvalidOption, err)
-		}
 		return zero, err
 	}
 	return out, nil
 }
 
-func retryConflict(err error) bool { return errors.Is(err, ErrConflict) }
+func retryConflict(err error) bool { return errors.Is(err, pgcc.ErrConflict) }
 
 func retryConflictOrRetryable(err error) bool {
-	return errors.Is(err, ErrConflict) || txn.Retryable(err)
+	return errors.Is(err, pgcc.ErrConflict) || txn.Retryable(err)
 }
 
 func (t *Table[T]) keyCountError(got int) error {
-	return fmt.Errorf("%w: %s has %d key column(s) (%s), got %d value(s)", ErrInvalidOption, t.quoted, len(t.keyCols), strings.Join(t.keyCols, ", "), got)
+	return fmt.Errorf("%w: %s has %d key column(s) (%s), got %d value(s)", pgcc.ErrInvalidArgument, t.quoted, len(t.keyCols), strings.Join(t.keyCols, ", "), got)
 }
 
 // partialStmt returns the cached statement updating cols, building it on first use.
@@ -321,7 +319,7 @@ func (t *Table[T]) partialStmt(cols []string) (*partialStmt, error) {
 		return ps.(*partialStmt), nil
 	}
 	if len(cols) == 0 {
-		return nil, fmt.Errorf("%w: UpdateColumns of %s needs at least one column", ErrInvalidOption, t.quoted)
+		return nil, fmt.Errorf("%w: UpdateColumns of %s needs at least one column", pgcc.ErrInvalidArgument, t.quoted)
 	}
 	set := make([]int, 0, len(cols))
 	for _, c := range cols {
@@ -334,13 +332,13 @@ func (t *Table[T]) partialStmt(cols []string) (*partialStmt, error) {
 		}
 		switch {
 		case pos < 0:
-			return nil, fmt.Errorf("%w: UpdateColumns: %s has no column %q mapped to a field", ErrInvalidOption, t.quoted, c)
+			return nil, fmt.Errorf("%w: UpdateColumns: %s has no column %q mapped to a field", pgcc.ErrInvalidArgument, t.quoted, c)
 		case pos == t.d.version:
-			return nil, fmt.Errorf("%w: UpdateColumns: %q is the version column, which every update sets", ErrInvalidOption, c)
+			return nil, fmt.Errorf("%w: UpdateColumns: %q is the version column, which every update sets", pgcc.ErrInvalidArgument, c)
 		case t.d.isKey(pos):
-			return nil, fmt.Errorf("%w: UpdateColumns: %q is a key column, which identifies the row and is never updated", ErrInvalidOption, c)
+			return nil, fmt.Errorf("%w: UpdateColumns: %q is a key column, which identifies the row and is never updated", pgcc.ErrInvalidArgument, c)
 		case contains(set, pos):
-			return nil, fmt.Errorf("%w: UpdateColumns: column %q given twice", ErrInvalidOption, c)
+			return nil, fmt.Errorf("%w: UpdateColumns: column %q given twice", pgcc.ErrInvalidArgument, c)
 		}
 		set = append(set, pos)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
@@ -63,11 +64,11 @@ func TestUpdateStale(t *testing.T) {
 
 	mine.Balance = 1000
 	err := accounts.Update(ctx, pool, &mine)
-	wantConflict(t, err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(2)}, Expected: 1, Actual: 3})
+	wantConflict(t, err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(2)}, Expected: 1, Actual: 3})
 	if got, want := err.Error(), `pgcc: conflict updating "accounts" id=2: expected version 1, found 3`; got != want {
 		t.Fatalf("message %q, want %q", got, want)
 	}
-	if errors.Is(err, repo.ErrNotFound) {
+	if errors.Is(err, pgcc.ErrNotFound) {
 		t.Fatal("a stale update must not match ErrNotFound")
 	}
 	if mine.Version != 1 || mine.Balance != 1000 {
@@ -90,7 +91,7 @@ func TestUpdateDeleted(t *testing.T) {
 	}
 	mine.Balance = 7
 	err := accounts.Update(ctx, pool, &mine)
-	wantConflict(t, err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: 1, Deleted: true})
+	wantConflict(t, err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(1)}, Expected: 1, Deleted: true})
 	if got, want := err.Error(), `pgcc: conflict updating "accounts" id=1: expected version 1, but the row was deleted`; got != want {
 		t.Fatalf("message %q, want %q", got, want)
 	}
@@ -111,7 +112,7 @@ func TestDeleteStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := accounts.Delete(ctx, pool, &mine)
-	wantConflict(t, err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpDelete, Key: repo.Key{int64(1)}, Expected: 1, Actual: 2})
+	wantConflict(t, err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpDelete, Key: pgcc.Key{int64(1)}, Expected: 1, Actual: 2})
 	if got, want := err.Error(), `pgcc: conflict deleting "accounts" id=1: expected version 1, found 2`; got != want {
 		t.Fatalf("message %q, want %q", got, want)
 	}
@@ -124,14 +125,14 @@ func TestDeleteStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = accounts.Delete(ctx, pool, &theirs)
-	wantConflict(t, err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpDelete, Key: repo.Key{int64(1)}, Expected: 2, Deleted: true})
+	wantConflict(t, err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpDelete, Key: pgcc.Key{int64(1)}, Expected: 2, Deleted: true})
 
-	_, err = accounts.Get(ctx, pool, int64(1))
-	var nf *repo.NotFoundError
-	if !errors.As(err, &nf) || !errors.Is(err, repo.ErrNotFound) || !errors.Is(err, pgx.ErrNoRows) || errors.Is(err, repo.ErrConflict) {
+	_, err = accounts.Get(ctx, pool, pgcc.Key{int64(1)})
+	var nf *pgcc.NotFoundError
+	if !errors.As(err, &nf) || !errors.Is(err, pgcc.ErrNotFound) || !errors.Is(err, pgx.ErrNoRows) || errors.Is(err, pgcc.ErrConflict) {
 		t.Fatalf("Get of a deleted row: %v (%T), want a *NotFoundError matching ErrNotFound and pgx.ErrNoRows", err, err)
 	}
-	if nf.Table != `"accounts"` || !sameKey(nf.Key, repo.Key{int64(1)}) || err.Error() != `pgcc: "accounts" id=1 not found` {
+	if nf.Table != `"accounts"` || !sameKey(nf.Key, pgcc.Key{int64(1)}) || err.Error() != `pgcc: "accounts" id=1 not found` {
 		t.Fatalf("NotFoundError %+v: %q", *nf, err.Error())
 	}
 }
@@ -149,7 +150,7 @@ func TestZeroVersion(t *testing.T) {
 		"ForceIncrement": func() error { return accounts.ForceIncrement(ctx, pool, &unread) },
 		"UpdateAll":      func() error { return accounts.UpdateAll(ctx, pool, []*Account{&unread}) },
 		"Check": func() error {
-			return accounts.Check(ctx, pool, pgconn.NewCommandTag("UPDATE 0"), repo.Key{int64(1)}, 0)
+			return accounts.Check(ctx, pool, pgconn.NewCommandTag("UPDATE 0"), pgcc.Key{int64(1)}, 0)
 		},
 	} {
 		if err := write(); !errors.Is(err, repo.ErrNoVersion) {
@@ -182,11 +183,11 @@ func TestUpdateColumns(t *testing.T) {
 	stale := row
 	stale.Version = 1
 	err := accounts.UpdateColumns(ctx, pool, &stale, "owner", "balance")
-	wantConflict(t, err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: 1, Actual: 2})
+	wantConflict(t, err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(1)}, Expected: 1, Actual: 2})
 
 	for _, cols := range [][]string{nil, {"id"}, {"version"}, {"nope"}, {"owner", "owner"}} {
-		if err := accounts.UpdateColumns(ctx, pool, &row, cols...); !errors.Is(err, repo.ErrInvalidOption) {
-			t.Errorf("UpdateColumns(%q): %v, want ErrInvalidOption", cols, err)
+		if err := accounts.UpdateColumns(ctx, pool, &row, cols...); !errors.Is(err, pgcc.ErrInvalidArgument) {
+			t.Errorf("UpdateColumns(%q): %v, want ErrInvalidArgument", cols, err)
 		}
 	}
 }
@@ -209,9 +210,9 @@ func TestForceIncrement(t *testing.T) {
 	}
 	// Whoever held the aggregate at version 1 can no longer write it.
 	other.Balance = 0
-	wantConflict(t, accounts.Update(ctx, pool, &other), repo.ConflictError{Table: `"accounts"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: 1, Actual: 2})
+	wantConflict(t, accounts.Update(ctx, pool, &other), pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(1)}, Expected: 1, Actual: 2})
 	err := accounts.ForceIncrement(ctx, pool, &other)
-	wantConflict(t, err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpForceIncrement, Key: repo.Key{int64(1)}, Expected: 1, Actual: 2})
+	wantConflict(t, err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpForceIncrement, Key: pgcc.Key{int64(1)}, Expected: 1, Actual: 2})
 	if !strings.Contains(err.Error(), "conflict incrementing the version of \"accounts\" id=1") {
 		t.Fatalf("message %q", err)
 	}
@@ -252,18 +253,18 @@ func TestCompositeKey(t *testing.T) {
 	}
 	mine.Role = "viewer"
 	err = members.Update(ctx, pool, &mine)
-	wantConflict(t, err, repo.ConflictError{Table: `"memberships"`, Op: repo.OpUpdate, Key: repo.Key{"acme", int32(7)}, Expected: 1, Actual: 2})
+	wantConflict(t, err, pgcc.ConflictError{Table: `"memberships"`, Op: pgcc.OpUpdate, Key: pgcc.Key{"acme", int32(7)}, Expected: 1, Actual: 2})
 	if got, want := err.Error(), `pgcc: conflict updating "memberships" tenant="acme" user_id=7: expected version 1, found 2`; got != want {
 		t.Fatalf("message %q, want %q", got, want)
 	}
 	// The other rows sharing half of the key are untouched.
-	for _, k := range []repo.Key{{"acme", int32(8)}, {"other co", int32(7)}} {
+	for _, k := range []pgcc.Key{{"acme", int32(8)}, {"other co", int32(7)}} {
 		if got := mustGet(t, members, pool, k...); got.Version != 1 {
 			t.Fatalf("row %v at version %d, want 1", k, got.Version)
 		}
 	}
-	if _, err := members.Get(ctx, pool, "acme"); !errors.Is(err, repo.ErrInvalidOption) {
-		t.Fatalf("Get with half a key: %v, want ErrInvalidOption", err)
+	if _, err := members.Get(ctx, pool, pgcc.Key{"acme"}); !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Fatalf("Get with half a key: %v, want ErrInvalidArgument", err)
 	}
 }
 
@@ -309,8 +310,8 @@ func TestXmin(t *testing.T) {
 
 	stale.Balance = 99
 	err = wallets.Update(ctx, pool, &stale)
-	wantConflict(t, err, repo.ConflictError{Table: `"wallets"`, Op: repo.OpUpdate, Key: repo.Key{int64(1)}, Expected: int64(stale.Xmin), Actual: int64(w.Xmin)})
-	wantConflict(t, wallets.Delete(ctx, pool, &stale), repo.ConflictError{Table: `"wallets"`, Op: repo.OpDelete, Key: repo.Key{int64(1)}, Expected: int64(stale.Xmin), Actual: int64(w.Xmin)})
+	wantConflict(t, err, pgcc.ConflictError{Table: `"wallets"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(1)}, Expected: int64(stale.Xmin), Actual: int64(w.Xmin)})
+	wantConflict(t, wallets.Delete(ctx, pool, &stale), pgcc.ConflictError{Table: `"wallets"`, Op: pgcc.OpDelete, Key: pgcc.Key{int64(1)}, Expected: int64(stale.Xmin), Actual: int64(w.Xmin)})
 
 	before := w.Xmin
 	if err := wallets.ForceIncrement(ctx, pool, &w); err != nil {
@@ -369,14 +370,14 @@ func TestUpdateAll(t *testing.T) {
 
 	err := accounts.UpdateAll(ctx, pool, rows)
 	var bulk *repo.BulkConflictError
-	if !errors.As(err, &bulk) || !errors.Is(err, repo.ErrConflict) {
+	if !errors.As(err, &bulk) || !errors.Is(err, pgcc.ErrConflict) {
 		t.Fatalf("UpdateAll: %v (%T), want a *BulkConflictError", err, err)
 	}
 	if bulk.Rows != 10 || len(bulk.Conflicts) != 2 {
 		t.Fatalf("BulkConflictError %+v, want 2 conflicts of 10 rows", bulk)
 	}
-	wantConflict(t, bulk.Conflicts[0], repo.ConflictError{Table: `"accounts"`, Op: repo.OpBulkUpdate, Key: repo.Key{int64(4)}, Expected: 1, Actual: 3})
-	wantConflict(t, bulk.Conflicts[1], repo.ConflictError{Table: `"accounts"`, Op: repo.OpBulkUpdate, Key: repo.Key{int64(8)}, Expected: 1, Deleted: true})
+	wantConflict(t, bulk.Conflicts[0], pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpBulkUpdate, Key: pgcc.Key{int64(4)}, Expected: 1, Actual: 3})
+	wantConflict(t, bulk.Conflicts[1], pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpBulkUpdate, Key: pgcc.Key{int64(8)}, Expected: 1, Deleted: true})
 	if got, want := err.Error(), `pgcc: bulk update of "accounts" rolled back: 2 of 10 rows conflicted: id=4 expected version 1, found 3; id=8 expected version 1, deleted`; got != want {
 		t.Fatalf("message %q, want %q", got, want)
 	}
@@ -400,11 +401,11 @@ func TestUpdateAll(t *testing.T) {
 			t.Fatalf("row %+v, stored %+v; want version 2", *r, got)
 		}
 	}
-	if err := accounts.UpdateAll(ctx, onlyDBTX{pool}, ok); !errors.Is(err, repo.ErrInvalidOption) {
-		t.Fatalf("UpdateAll on a handle that cannot begin: %v, want ErrInvalidOption", err)
+	if err := accounts.UpdateAll(ctx, onlyDBTX{pool}, ok); !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Fatalf("UpdateAll on a handle that cannot begin: %v, want ErrInvalidArgument", err)
 	}
-	if err := accounts.UpdateAll(ctx, pool, []*Account{rows[0], nil}); !errors.Is(err, repo.ErrInvalidOption) {
-		t.Fatalf("UpdateAll with a nil row: %v, want ErrInvalidOption", err)
+	if err := accounts.UpdateAll(ctx, pool, []*Account{rows[0], nil}); !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Fatalf("UpdateAll with a nil row: %v, want ErrInvalidArgument", err)
 	}
 	if err := accounts.UpdateAll(ctx, pool, nil); err != nil {
 		t.Fatalf("UpdateAll of nothing: %v", err)
@@ -469,7 +470,7 @@ func TestUpdateAllChunks(t *testing.T) {
 	}
 	err = accounts.UpdateAll(ctx, pool, all)
 	var bulk *repo.BulkConflictError
-	if !errors.As(err, &bulk) || len(bulk.Conflicts) != 1 || !sameKey(bulk.Conflicts[0].Key, repo.Key{int64(n)}) {
+	if !errors.As(err, &bulk) || len(bulk.Conflicts) != 1 || !sameKey(bulk.Conflicts[0].Key, pgcc.Key{int64(n)}) {
 		t.Fatalf("UpdateAll: %v, want one conflict on the last row", err)
 	}
 	if got := queryInt(t, pool, "SELECT count(*) FROM accounts WHERE balance <> 100"); got != 0 {
@@ -494,15 +495,15 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := accounts.Check(ctx, pool, tag, repo.Key{1}, 1); err != nil {
+	if err := accounts.Check(ctx, pool, tag, pgcc.Key{1}, 1); err != nil {
 		t.Fatalf("Check after a successful write: %v", err)
 	}
 	tag, err = pool.Exec(ctx, cas, 1, 600, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = accounts.Check(ctx, pool, tag, repo.Key{1}, 1)
-	wantConflict(t, err, repo.ConflictError{Table: `"accounts"`, Op: repo.OpCheck, Key: repo.Key{1}, Expected: 1, Actual: 2})
+	err = accounts.Check(ctx, pool, tag, pgcc.Key{1}, 1)
+	wantConflict(t, err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpCheck, Key: pgcc.Key{1}, Expected: 1, Actual: 2})
 	if got, want := err.Error(), `pgcc: conflict writing "accounts" id=1: expected version 1, found 2`; got != want {
 		t.Fatalf("message %q, want %q", got, want)
 	}
@@ -511,9 +512,9 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantConflict(t, accounts.Check(ctx, pool, tag, repo.Key{3}, 1), repo.ConflictError{Table: `"accounts"`, Op: repo.OpCheck, Key: repo.Key{3}, Expected: 1, Deleted: true})
-	if err := accounts.Check(ctx, pool, tag, repo.Key{1, 2}, 1); !errors.Is(err, repo.ErrInvalidOption) {
-		t.Fatalf("Check with two key values: %v, want ErrInvalidOption", err)
+	wantConflict(t, accounts.Check(ctx, pool, tag, pgcc.Key{3}, 1), pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpCheck, Key: pgcc.Key{3}, Expected: 1, Deleted: true})
+	if err := accounts.Check(ctx, pool, tag, pgcc.Key{1, 2}, 1); !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Fatalf("Check with two key values: %v, want ErrInvalidArgument", err)
 	}
 }
 
@@ -629,26 +630,26 @@ func TestNewTableErrors(t *testing.T) {
 		want    error
 		message string
 	}{
-		{"empty table name", func() error { _, err := repo.NewTable[Account](""); return err }, repo.ErrInvalidTable, "empty table name"},
-		{"NUL in table name", func() error { _, err := repo.NewTable[Account]("acc\x00ounts"); return err }, repo.ErrInvalidTable, "NUL byte"},
-		{"64-byte table name", func() error { _, err := repo.NewTable[Account](long); return err }, repo.ErrInvalidTable, "64 bytes long"},
-		{"invalid UTF-8", func() error { _, err := repo.NewTable[Account]("\xff"); return err }, repo.ErrInvalidTable, "UTF-8"},
-		{"64-byte schema", func() error { _, err := repo.NewTable[Account]("a", repo.InSchema(long)); return err }, repo.ErrInvalidTable, "schema name"},
-		{"NUL in a column tag", func() error { _, err := repo.NewTable[nulColumn]("a"); return err }, repo.ErrInvalidTable, "NUL byte"},
-		{"missing key field", func() error { _, err := repo.NewTable[Account]("a", repo.WithKey("uuid")); return err }, repo.ErrInvalidTable, `no field for key column "uuid"`},
-		{"missing version field", func() error { _, err := repo.NewTable[noVersion]("a"); return err }, repo.ErrInvalidTable, `no field for counter version column "version"`},
-		{"missing xmin field", func() error { _, err := repo.NewTable[Account]("a", repo.WithXmin()); return err }, repo.ErrInvalidTable, `no field for xmin version column "xmin"`},
-		{"xmin in an int64", func() error { _, err := repo.NewTable[XminWide]("a", repo.WithXmin()); return err }, repo.ErrInvalidTable, "must be uint32"},
-		{"text version", func() error { _, err := repo.NewTable[textVersion]("a"); return err }, repo.ErrInvalidTable, "must be an integer"},
-		{"version is key", func() error { _, err := repo.NewTable[Account]("a", repo.WithKey("version")); return err }, repo.ErrInvalidTable, "also a key column"},
-		{"column mapped twice", func() error { _, err := repo.NewTable[twice]("a"); return err }, repo.ErrInvalidTable, `column "id" is mapped by two fields`},
-		{"not a struct", func() error { _, err := repo.NewTable[int]("a"); return err }, repo.ErrInvalidTable, "must be a struct"},
-		{"pointer type", func() error { _, err := repo.NewTable[*Account]("a"); return err }, repo.ErrInvalidTable, "must be a struct"},
-		{"no key columns", func() error { _, err := repo.NewTable[Account]("a", repo.WithKey()); return err }, repo.ErrInvalidOption, "at least one column"},
-		{"key given twice", func() error { _, err := repo.NewTable[Account]("a", repo.WithKey("id", "id")); return err }, repo.ErrInvalidOption, "given twice"},
-		{"nil option", func() error { _, err := repo.NewTable[Account]("a", nil); return err }, repo.ErrInvalidOption, "nil option"},
-		{"unknown insert default", func() error { _, err := repo.NewTable[Account]("a", repo.WithInsertDefaults("created")); return err }, repo.ErrInvalidOption, `column "created"`},
-		{"version as insert default", func() error { _, err := repo.NewTable[Account]("a", repo.WithInsertDefaults("version")); return err }, repo.ErrInvalidOption, "set by Insert"},
+		{"empty table name", func() error { _, err := repo.NewTable[Account](""); return err }, pgcc.ErrInvalidArgument, "empty table name"},
+		{"NUL in table name", func() error { _, err := repo.NewTable[Account]("acc\x00ounts"); return err }, pgcc.ErrInvalidArgument, "NUL byte"},
+		{"64-byte table name", func() error { _, err := repo.NewTable[Account](long); return err }, pgcc.ErrInvalidArgument, "64 bytes long"},
+		{"invalid UTF-8", func() error { _, err := repo.NewTable[Account]("\xff"); return err }, pgcc.ErrInvalidArgument, "UTF-8"},
+		{"64-byte schema", func() error { _, err := repo.NewTable[Account]("a", repo.InSchema(long)); return err }, pgcc.ErrInvalidArgument, "schema name"},
+		{"NUL in a column tag", func() error { _, err := repo.NewTable[nulColumn]("a"); return err }, pgcc.ErrInvalidArgument, "NUL byte"},
+		{"missing key field", func() error { _, err := repo.NewTable[Account]("a", repo.WithKey("uuid")); return err }, pgcc.ErrInvalidArgument, `no field for key column "uuid"`},
+		{"missing version field", func() error { _, err := repo.NewTable[noVersion]("a"); return err }, pgcc.ErrInvalidArgument, `no field for counter version column "version"`},
+		{"missing xmin field", func() error { _, err := repo.NewTable[Account]("a", repo.WithXmin()); return err }, pgcc.ErrInvalidArgument, `no field for xmin version column "xmin"`},
+		{"xmin in an int64", func() error { _, err := repo.NewTable[XminWide]("a", repo.WithXmin()); return err }, pgcc.ErrInvalidArgument, "must be uint32"},
+		{"text version", func() error { _, err := repo.NewTable[textVersion]("a"); return err }, pgcc.ErrInvalidArgument, "must be an integer"},
+		{"version is key", func() error { _, err := repo.NewTable[Account]("a", repo.WithKey("version")); return err }, pgcc.ErrInvalidArgument, "also a key column"},
+		{"column mapped twice", func() error { _, err := repo.NewTable[twice]("a"); return err }, pgcc.ErrInvalidArgument, `column "id" is mapped by two fields`},
+		{"not a struct", func() error { _, err := repo.NewTable[int]("a"); return err }, pgcc.ErrInvalidArgument, "must be a struct"},
+		{"pointer type", func() error { _, err := repo.NewTable[*Account]("a"); return err }, pgcc.ErrInvalidArgument, "must be a struct"},
+		{"no key columns", func() error { _, err := repo.NewTable[Account]("a", repo.WithKey()); return err }, pgcc.ErrInvalidArgument, "at least one column"},
+		{"key given twice", func() error { _, err := repo.NewTable[Account]("a", repo.WithKey("id", "id")); return err }, pgcc.ErrInvalidArgument, "given twice"},
+		{"nil option", func() error { _, err := repo.NewTable[Account]("a", nil); return err }, pgcc.ErrInvalidArgument, "nil option"},
+		{"unknown insert default", func() error { _, err := repo.NewTable[Account]("a", repo.WithInsertDefaults("created")); return err }, pgcc.ErrInvalidArgument, `column "created"`},
+		{"version as insert default", func() error { _, err := repo.NewTable[Account]("a", repo.WithInsertDefaults("version")); return err }, pgcc.ErrInvalidArgument, "set by Insert"},
 		{"hostile names are fine", func() error {
 			_, err := repo.NewTable[hostile]("select", repo.WithKey("\"; DROP TABLE x; --"))
 			return err
@@ -723,7 +724,7 @@ func TestHostileNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = strange.Update(ctx, pool, &rows[0])
-	wantConflict(t, err, repo.ConflictError{Table: pgx.Identifier{schema, table}.Sanitize(), Op: repo.OpUpdate, Key: repo.Key{rows[0].Key}, Expected: 1, Actual: 3})
+	wantConflict(t, err, pgcc.ConflictError{Table: pgx.Identifier{schema, table}.Sanitize(), Op: pgcc.OpUpdate, Key: pgcc.Key{rows[0].Key}, Expected: 1, Actual: 3})
 	if err := strange.ForceIncrement(ctx, pool, &got); err != nil {
 		t.Fatal(err)
 	}
@@ -741,7 +742,7 @@ func TestHostileNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantConflict(t, strange.Check(ctx, pool, tag, repo.Key{second.Key}, 1), repo.ConflictError{Table: strange.Name(), Op: repo.OpCheck, Key: repo.Key{second.Key}, Expected: 1, Actual: 2})
+	wantConflict(t, strange.Check(ctx, pool, tag, pgcc.Key{second.Key}, 1), pgcc.ConflictError{Table: strange.Name(), Op: pgcc.OpCheck, Key: pgcc.Key{second.Key}, Expected: 1, Actual: 2})
 	if err := strange.Delete(ctx, pool, &got); err != nil {
 		t.Fatal(err)
 	}

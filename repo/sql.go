@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgcc/pgcc"
 )
 
 // maxIdentifierLen is PostgreSQL's NAMEDATALEN - 1: a longer name would be truncated silently by the server,
@@ -58,7 +60,7 @@ type statements struct {
 	updateSet  []int // the columns UPDATE sets: neither key nor version
 }
 
-// checkName rejects, with an error matching [ErrInvalidTable], a name PostgreSQL would not keep as given.
+// checkName rejects, with an error matching [pgcc.ErrInvalidArgument], a name PostgreSQL would not keep as given.
 // Any other name is safe once quoted.
 func checkName(table, what, name string) error {
 	var problem string
@@ -74,7 +76,7 @@ func checkName(table, what, name string) error {
 	default:
 		return nil
 	}
-	return fmt.Errorf("%w: table %q: %s", ErrInvalidTable, table, problem)
+	return fmt.Errorf("%w: table %q: %s", pgcc.ErrInvalidArgument, table, problem)
 }
 
 // quote is the one place a name becomes SQL.
@@ -103,7 +105,7 @@ func (d *desc) validate() error {
 			return err
 		}
 		if seen[c] {
-			return fmt.Errorf("%w: table %q: column %q is mapped by two fields", ErrInvalidTable, d.table, c)
+			return fmt.Errorf("%w: table %q: column %q is mapped by two fields", pgcc.ErrInvalidArgument, d.table, c)
 		}
 		seen[c] = true
 	}

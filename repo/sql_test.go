@@ -1,6 +1,8 @@
 package repo
 
 import (
+	"github.com/pgcc/pgcc"
+
 	"errors"
 	"fmt"
 	"strings"
@@ -124,8 +126,8 @@ func FuzzBuild(f *testing.F) {
 			t.Fatalf("validate(%q) = %v, but the names are bad: %v", names, err, bad)
 		}
 		if err != nil {
-			if !errors.Is(err, ErrInvalidTable) {
-				t.Fatalf("validate: %v does not match ErrInvalidTable", err)
+			if !errors.Is(err, pgcc.ErrInvalidArgument) {
+				t.Fatalf("validate: %v does not match pgcc.ErrInvalidArgument", err)
 			}
 			return
 		}

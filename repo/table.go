@@ -1,34 +1,15 @@
 package repo
 
 import (
-	"context"
 	"fmt"
 	"reflect"
 	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc"
 )
-
-// DBTX is what a [Table] needs to run one statement: *pgxpool.Pool, *pgxpool.Conn, *pgx.Conn, pgx.Tx and the
-// DBTX interface sqlc generates all satisfy it.
-type DBTX interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
-var (
-	_ DBTX = (*pgxpool.Pool)(nil)
-	_ DBTX = (*pgxpool.Conn)(nil)
-	_ DBTX = (*pgx.Conn)(nil)
-	_ DBTX = pgx.Tx(nil)
-)
-
-// Key is a row's key: one value per key column, in the order given to [WithKey].
-type Key []any
 
 // VersionKind says what a table's version is and how a write changes it. The kind decides the
 // compare-and-swap predicate and the new version in the SQL [NewTable] builds.
@@ -150,7 +131,7 @@ type partialStmt struct {
 // valid UTF-8, free of NUL bytes and at most 63 bytes long (any other name works, quoted with
 // pgx.Identifier.Sanitize: spaces, quotes, reserved words); T must have a field for each key column and for
 // the version column, and the version field must be an integer. A mismatch is an error matching
-// [ErrInvalidTable] naming the field; an option that cannot be honoured matches [ErrInvalidOption]. That the
+// [pgcc.ErrInvalidArgument] naming the field; an option that cannot be honoured matches [pgcc.ErrInvalidArgument]. That the
 // columns exist in the database is found at the first statement.
 func NewTable[T any](name string, opts ...TableOption) (*Table[T], error) {
 	cfg := tableConfig{key: []string{"id"}, version: "version"}
@@ -162,12 +143,12 @@ func NewTable[T any](name string, opts ...TableOption) (*Table[T], error) {
 		o(&cfg)
 	}
 	if len(cfg.invalid) > 0 {
-		return nil, fmt.Errorf("%w: table %q: %s", ErrInvalidOption, name, strings.Join(cfg.invalid, "; "))
+		return nil, fmt.Errorf("%w: table %q: %s", pgcc.ErrInvalidArgument, name, strings.Join(cfg.invalid, "; "))
 	}
 
 	typ := reflect.TypeFor[T]()
 	if typ.Kind() != reflect.Struct {
-		return nil, fmt.Errorf("%w: table %q: rows must be a struct type, not %v", ErrInvalidTable, name, typ)
+		return nil, fmt.Errorf("%w: table %q: rows must be a struct type, not %v", pgcc.ErrInvalidArgument, name, typ)
 	}
 	t := &Table[T]{d: desc{schema: cfg.schema, table: name, kind: cfg.kind}}
 	mapFields(typ, nil, &t.d.cols, &t.fields)
@@ -188,10 +169,10 @@ func NewTable[T any](name string, opts ...TableOption) (*Table[T], error) {
 		}
 		p := pos(k)
 		if p < 0 {
-			return nil, fmt.Errorf("%w: table %q: struct %v has no field for key column %q (tag a field `db:%q`)", ErrInvalidTable, name, typ, k, k)
+			return nil, fmt.Errorf("%w: table %q: struct %v has no field for key column %q (tag a field `db:%q`)", pgcc.ErrInvalidArgument, name, typ, k, k)
 		}
 		if contains(t.d.key, p) {
-			return nil, fmt.Errorf("%w: table %q: key column %q given twice", ErrInvalidOption, name, k)
+			return nil, fmt.Errorf("%w: table %q: key column %q given twice", pgcc.ErrInvalidArgument, name, k)
 		}
 		t.d.key = append(t.d.key, p)
 	}
@@ -200,25 +181,25 @@ func NewTable[T any](name string, opts ...TableOption) (*Table[T], error) {
 	}
 	t.d.version = pos(cfg.version)
 	if t.d.version < 0 {
-		return nil, fmt.Errorf("%w: table %q: struct %v has no field for %s version column %q (tag a field `db:%q`)", ErrInvalidTable, name, typ, cfg.kind, cfg.version, cfg.version)
+		return nil, fmt.Errorf("%w: table %q: struct %v has no field for %s version column %q (tag a field `db:%q`)", pgcc.ErrInvalidArgument, name, typ, cfg.kind, cfg.version, cfg.version)
 	}
 	if t.d.isKey(t.d.version) {
-		return nil, fmt.Errorf("%w: table %q: version column %q is also a key column", ErrInvalidTable, name, cfg.version)
+		return nil, fmt.Errorf("%w: table %q: version column %q is also a key column", pgcc.ErrInvalidArgument, name, cfg.version)
 	}
 	t.version = t.fields[t.d.version]
 	switch {
 	case cfg.kind == VersionXmin && t.version.typ.Kind() != reflect.Uint32:
-		return nil, fmt.Errorf("%w: table %q: the xmin field is %v; it must be uint32, the width of PostgreSQL's xid, which pgx scans only into unsigned 32-bit integers", ErrInvalidTable, name, t.version.typ)
+		return nil, fmt.Errorf("%w: table %q: the xmin field is %v; it must be uint32, the width of PostgreSQL's xid, which pgx scans only into unsigned 32-bit integers", pgcc.ErrInvalidArgument, name, t.version.typ)
 	case !isInteger(t.version.typ):
-		return nil, fmt.Errorf("%w: table %q: version field for column %q is %v; it must be an integer type", ErrInvalidTable, name, cfg.version, t.version.typ)
+		return nil, fmt.Errorf("%w: table %q: version field for column %q is %v; it must be an integer type", pgcc.ErrInvalidArgument, name, cfg.version, t.version.typ)
 	}
 	for _, c := range cfg.defaults {
 		p := pos(c)
 		switch {
 		case p < 0:
-			return nil, fmt.Errorf("%w: table %q: WithInsertDefaults: struct %v has no field for column %q", ErrInvalidOption, name, typ, c)
+			return nil, fmt.Errorf("%w: table %q: WithInsertDefaults: struct %v has no field for column %q", pgcc.ErrInvalidArgument, name, typ, c)
 		case p == t.d.version:
-			return nil, fmt.Errorf("%w: table %q: WithInsertDefaults: the version column %q is set by Insert itself", ErrInvalidOption, name, c)
+			return nil, fmt.Errorf("%w: table %q: WithInsertDefaults: the version column %q is set by Insert itself", pgcc.ErrInvalidArgument, name, c)
 		case !contains(t.d.defaults, p):
 			t.d.defaults = append(t.d.defaults, p)
 		}
@@ -288,7 +269,7 @@ func (t *Table[T]) SelectColumns() []string { return append([]string(nil), t.d.c
 func (t *Table[T]) VersionColumn() string { return t.d.cols[t.d.version] }
 
 // KeyOf returns row's key, in key order.
-func (t *Table[T]) KeyOf(row *T) Key { return t.keyValues(reflect.ValueOf(row).Elem()) }
+func (t *Table[T]) KeyOf(row *T) pgcc.Key { return t.keyValues(reflect.ValueOf(row).Elem()) }
 
 // VersionOf returns row's version.
 func (t *Table[T]) VersionOf(row *T) int64 {
@@ -325,8 +306,8 @@ func (t *Table[T]) keyArgs(args []any, v reflect.Value) []any {
 }
 
 // keyValues is the key of v as values, for errors: pointers into the caller's row would change under them.
-func (t *Table[T]) keyValues(v reflect.Value) Key {
-	key := make(Key, len(t.d.key))
+func (t *Table[T]) keyValues(v reflect.Value) pgcc.Key {
+	key := make(pgcc.Key, len(t.d.key))
 	for i, pos := range t.d.key {
 		key[i] = v.FieldByIndex(t.fields[pos].index).Interface()
 	}

@@ -30,16 +30,21 @@
 //
 // # Errors
 //
-// Sentinels for errors.Is and types for errors.As, each unwrapping to the underlying *pgconn.PgError:
-//   - [ErrRetriesExhausted], [*RetriesExhaustedError]: every attempt conflicted; it says how many were made.
-//   - [ErrCommitUnknown], [*CommitUnknownError]: the connection failed while COMMIT was in flight, so the
-//     transaction may have committed. It is not retried unless fn is declared [Idempotent].
-//   - [*InterruptedError]: the context ended; errors.Is(err, context.Canceled) or
+// Sentinels (package pgcc) for errors.Is and types for errors.As, each unwrapping to the underlying
+// *pgconn.PgError:
+//   - [pgcc.ErrRetriesExhausted], [*pgcc.RetriesExhaustedError]: every attempt conflicted; it says how many
+//     were made, and matches the last attempt's condition too ([pgcc.ErrSerialization],
+//     [pgcc.ErrDeadlock], …).
+//   - [pgcc.ErrCommitUnknown], [*pgcc.CommitUnknownError]: the connection failed while COMMIT was in
+//     flight, so the transaction may have committed. It is not retried unless fn is declared [Idempotent].
+//   - [*pgcc.InterruptedError]: the context ended; errors.Is(err, context.Canceled) or
 //     errors.Is(err, context.DeadlineExceeded) holds, and the last conflict is still reachable.
-//   - [ErrInvalidOption]: an option that cannot be honoured; nothing was sent.
+//   - [pgcc.ErrInvalidArgument]: an option that cannot be honoured; nothing was sent.
 //
-// # Layering
+// An error of fn's own is returned as fn returned it, except that one carrying SQLSTATE 40001, 40P01 or
+// 55P03 is wrapped by [pgcc.Classify] so that it matches the condition's sentinel; its message and chain are
+// unchanged.
 //
-// txn depends only on pgx and pgerrcode. Package repo uses [Retry] for its read-modify-write loop and package
-// lock uses [Run]'s options; neither is imported here.
+// docs/architecture.md shows where txn sits among the other packages, and docs/transactions.md has the
+// rules in full.
 package txn

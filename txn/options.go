@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgcc/pgcc"
 )
 
 // Defaults of the retry policy, used when the corresponding option is not given.
@@ -204,7 +206,7 @@ func newConfig(opts []Option) (*config, error) {
 		o(c)
 	}
 	if len(c.invalid) > 0 {
-		return nil, fmt.Errorf("%w: %s", ErrInvalidOption, strings.Join(c.invalid, "; "))
+		return nil, fmt.Errorf("%w: %s", pgcc.ErrInvalidArgument, strings.Join(c.invalid, "; "))
 	}
 	c.hasTxSettings = c.isolation != "" || c.readOnly || c.deferrable
 	c.hasLocalConfig = c.lockTimeout > 0 || c.stmtTimeout > 0

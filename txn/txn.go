@@ -9,13 +9,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-)
 
-// Beginner is what [Run] needs from a database handle: *pgxpool.Pool, *pgxpool.Conn, *pgx.Conn and pgx.Tx all
-// satisfy it. A pgx.Tx makes the call nested: it runs in a savepoint of that transaction.
-type Beginner interface {
-	Begin(ctx context.Context) (pgx.Tx, error)
-}
+	"github.com/pgcc/pgcc"
+)
 
 // txBeginner is the part of a pool or connection that can start a transaction with options.
 type txBeginner interface {
@@ -23,10 +19,6 @@ type txBeginner interface {
 }
 
 var (
-	_ Beginner   = (*pgxpool.Pool)(nil)
-	_ Beginner   = (*pgxpool.Conn)(nil)
-	_ Beginner   = (*pgx.Conn)(nil)
-	_ Beginner   = pgx.Tx(nil)
 	_ txBeginner = (*pgxpool.Pool)(nil)
 	_ txBeginner = (*pgxpool.Conn)(nil)
 	_ txBeginner = (*pgx.Conn)(nil)
@@ -51,24 +43,24 @@ const rollbackTimeout = 5 * time.Second
 // mode, timeouts, retries) belong to the outermost call and are ignored in a nested one.
 //
 // ctx governs every statement (BEGIN, fn's queries if fn passes it on, COMMIT) and the sleeps between
-// attempts: when it ends, Run returns promptly with an [*InterruptedError]. Run never starts a sleep that
+// attempts: when it ends, Run returns promptly with an [*pgcc.InterruptedError]. Run never starts a sleep that
 // would end past ctx's deadline; it returns at once instead.
 //
 // Errors, besides fn's own:
-//   - [*RetriesExhaustedError] (errors.Is [ErrRetriesExhausted]) when the last attempt failed retryably;
-//   - [*InterruptedError] when ctx ended;
-//   - [*CommitUnknownError] (errors.Is [ErrCommitUnknown]) when COMMIT was sent but no answer came;
-//   - an error matching [ErrInvalidOption] for an option that cannot be honoured.
+//   - [*pgcc.RetriesExhaustedError] (errors.Is [pgcc.ErrRetriesExhausted]) when the last attempt failed retryably;
+//   - [*pgcc.InterruptedError] when ctx ended;
+//   - [*pgcc.CommitUnknownError] (errors.Is [pgcc.ErrCommitUnknown]) when COMMIT was sent but no answer came;
+//   - an error matching [pgcc.ErrInvalidArgument] for an option that cannot be honoured.
 //
 // The happy path costs what hand-written pgx costs: BEGIN, fn's statements, COMMIT, with lock and statement
 // timeouts sent in the same round trip as BEGIN.
-func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.Tx) error, opts ...Option) error {
+func Run(ctx context.Context, db pgcc.Beginner, fn func(ctx context.Context, tx pgx.Tx) error, opts ...Option) error {
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return err
 	}
 	if db == nil || fn == nil {
-		return fmt.Errorf("%w: Run needs a database handle and a function (got %T, fn nil: %v)", ErrInvalidOption, db, fn == nil)
+		return fmt.Errorf("%w: Run needs a database handle and a function (got %T, fn nil: %v)", pgcc.ErrInvalidArgument, db, fn == nil)
 	}
 	if tx, ok := db.(pgx.Tx); ok {
 		return nested(ctx, tx, fn)
@@ -84,7 +76,7 @@ func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.T
 
 // RunValue is [Run] for a fn that returns a value: the value of the attempt that committed. On error it
 // returns T's zero value.
-func RunValue[T any](ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.Tx) (T, error), opts ...Option) (T, error) {
+func RunValue[T any](ctx context.Context, db pgcc.Beginner, fn func(ctx context.Context, tx pgx.Tx) (T, error), opts ...Option) (T, error) {
 	var out T
 	err := Run(ctx, db, func(ctx context.Context, tx pgx.Tx) error {
 		v, err := fn(ctx, tx)
@@ -104,17 +96,17 @@ func RunValue[T any](ctx context.Context, db Beginner, fn func(ctx context.Conte
 // hooks and errors, deciding by [Retryable] or the predicate given with [RetryIf]. It is for operations that
 // are not one transaction, such as an optimistic read-modify-write whose write may conflict; fn is
 // responsible for its own statements. Options that shape a transaction (isolation, access mode, timeouts)
-// are rejected with [ErrInvalidOption].
+// are rejected with [pgcc.ErrInvalidArgument].
 func Retry(ctx context.Context, fn func(ctx context.Context) error, opts ...Option) error {
 	cfg, err := newConfig(opts)
 	if err != nil {
 		return err
 	}
 	if fn == nil {
-		return fmt.Errorf("%w: Retry needs a function", ErrInvalidOption)
+		return fmt.Errorf("%w: Retry needs a function", pgcc.ErrInvalidArgument)
 	}
 	if cfg.hasTxSettings || cfg.hasLocalConfig {
-		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode and timeouts belong to Run", ErrInvalidOption)
+		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode and timeouts belong to Run", pgcc.ErrInvalidArgument)
 	}
 	return loop(ctx, cfg, func(ctx context.Context) (outcome, error) {
 		err := fn(ctx)
@@ -139,16 +131,17 @@ func loop(ctx context.Context, cfg *config, try func(context.Context) (outcome, 
 	var last error // the last retryable error, kept for an InterruptedError
 	for n := 1; ; n++ {
 		if ctx.Err() != nil {
-			return &InterruptedError{Attempts: n - 1, Cause: context.Cause(ctx), Last: last}
+			return &pgcc.InterruptedError{Attempts: n - 1, Cause: context.Cause(ctx), Last: last}
 		}
 		kind, err := try(ctx)
 		if err == nil {
 			return nil
 		}
+		err = pgcc.Classify(err)
 		var retry bool
 		switch kind {
 		case commitUnknown:
-			err = &CommitUnknownError{Attempts: n, Err: err}
+			err = &pgcc.CommitUnknownError{Attempts: n, Err: err}
 			retry = cfg.idempotent
 		case notSent:
 			retry = true
@@ -163,25 +156,25 @@ func loop(ctx context.Context, cfg *config, try func(context.Context) (outcome, 
 				// The error is the cancellation itself; keep the conflict that led here instead.
 				err = last
 			}
-			return &InterruptedError{Attempts: n, Cause: context.Cause(ctx), Last: err}
+			return &pgcc.InterruptedError{Attempts: n, Cause: context.Cause(ctx), Last: err}
 		}
 		if !retry {
 			return err
 		}
 		if n >= cfg.maxAttempts {
-			return &RetriesExhaustedError{Attempts: n, Err: err}
+			return &pgcc.RetriesExhaustedError{Attempts: n, Err: err}
 		}
 		last = err
 		delay := cfg.backoff.Delay(n)
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= delay {
 			// The next attempt could not start before the deadline: say so now rather than sleep through it.
-			return &InterruptedError{Attempts: n, Cause: context.DeadlineExceeded, Last: err}
+			return &pgcc.InterruptedError{Attempts: n, Cause: context.DeadlineExceeded, Last: err}
 		}
 		if cfg.onRetry != nil {
 			cfg.onRetry(n, err, delay)
 		}
 		if err := sleep(ctx, delay); err != nil {
-			return &InterruptedError{Attempts: n, Cause: err, Last: last}
+			return &pgcc.InterruptedError{Attempts: n, Cause: err, Last: last}
 		}
 	}
 }
@@ -202,13 +195,13 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // beginner returns the function that starts the outermost transaction on db.
-func beginner(db Beginner, cfg *config) (func(context.Context) (pgx.Tx, error), error) {
+func beginner(db pgcc.Beginner, cfg *config) (func(context.Context) (pgx.Tx, error), error) {
 	if b, ok := db.(txBeginner); ok {
 		opts := cfg.txOptions()
 		return func(ctx context.Context) (pgx.Tx, error) { return b.BeginTx(ctx, opts) }, nil
 	}
 	if cfg.hasTxSettings || cfg.hasLocalConfig {
-		return nil, fmt.Errorf("%w: %T has no BeginTx method, so isolation, access mode and timeouts cannot be applied", ErrInvalidOption, db)
+		return nil, fmt.Errorf("%w: %T has no BeginTx method, so isolation, access mode and timeouts cannot be applied", pgcc.ErrInvalidArgument, db)
 	}
 	return db.Begin, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -167,7 +168,7 @@ func TestTransfersKeepTotalUnderSerializable(t *testing.T) {
 				switch {
 				case err == nil:
 					ok.Add(1)
-				case errors.Is(err, txn.ErrRetriesExhausted):
+				case errors.Is(err, pgcc.ErrRetriesExhausted):
 					exhausted.Add(1)
 				default:
 					t.Errorf("transfer: %v", err)
@@ -244,8 +245,8 @@ func TestRetriesExhausted(t *testing.T) {
 	}, txn.WithMaxAttempts(3), txn.WithBackoff(txn.Backoff{Base: time.Millisecond, Cap: time.Millisecond}),
 		txn.OnRetry(func(attempt int, err error, _ time.Duration) { hooks = append(hooks, attempt) }))
 
-	var exhausted *txn.RetriesExhaustedError
-	if !errors.As(err, &exhausted) || !errors.Is(err, txn.ErrRetriesExhausted) {
+	var exhausted *pgcc.RetriesExhaustedError
+	if !errors.As(err, &exhausted) || !errors.Is(err, pgcc.ErrRetriesExhausted) {
 		t.Fatalf("err = %v, want *RetriesExhaustedError", err)
 	}
 	if exhausted.Attempts != 3 || calls != 3 {
@@ -280,7 +281,7 @@ func TestCancelDuringBackoff(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
-	var interrupted *txn.InterruptedError
+	var interrupted *pgcc.InterruptedError
 	if !errors.As(err, &interrupted) || interrupted.Attempts != 1 {
 		t.Fatalf("err = %#v, want *InterruptedError after 1 attempt", err)
 	}
@@ -516,8 +517,8 @@ func TestCommitUnknown(t *testing.T) {
 				}
 				return
 			}
-			var unknown *txn.CommitUnknownError
-			if !errors.Is(err, txn.ErrCommitUnknown) || !errors.As(err, &unknown) || unknown.Attempts != 1 {
+			var unknown *pgcc.CommitUnknownError
+			if !errors.Is(err, pgcc.ErrCommitUnknown) || !errors.As(err, &unknown) || unknown.Attempts != 1 {
 				t.Fatalf("err = %v, want *CommitUnknownError at attempt 1", err)
 			}
 			if calls != 1 {
@@ -552,7 +553,7 @@ func TestWorksOnEveryHandle(t *testing.T) {
 		_, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
 		return err
 	}
-	handles := map[string]txn.Beginner{"pool": pool, "pooled conn": pooled, "conn": conn}
+	handles := map[string]pgcc.Beginner{"pool": pool, "pooled conn": pooled, "conn": conn}
 	for name, h := range handles {
 		if err := txn.Run(ctx, h, increment, txn.WithIsolation(pgx.Serializable)); err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -637,13 +638,13 @@ func TestLockTimeout(t *testing.T) {
 	calls := 0
 	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error { calls++; return update(ctx, tx) },
 		txn.WithLockTimeout(20*time.Millisecond))
-	if pgCode(err) != pgerrcode.LockNotAvailable || errors.Is(err, txn.ErrRetriesExhausted) || calls != 1 {
+	if pgCode(err) != pgerrcode.LockNotAvailable || errors.Is(err, pgcc.ErrRetriesExhausted) || calls != 1 {
 		t.Fatalf("err = %v after %d calls, want 55P03 returned at once", err, calls)
 	}
 
 	err = txn.Run(ctx, pool, update, txn.WithLockTimeout(20*time.Millisecond), txn.RetryLockNotAvailable(),
 		txn.WithMaxAttempts(3), txn.WithBackoff(txn.Backoff{Base: time.Millisecond}))
-	var exhausted *txn.RetriesExhaustedError
+	var exhausted *pgcc.RetriesExhaustedError
 	if !errors.As(err, &exhausted) || exhausted.Attempts != 3 || pgCode(err) != pgerrcode.LockNotAvailable {
 		t.Fatalf("err = %v, want exhaustion after 3 lock timeouts", err)
 	}
@@ -733,22 +734,22 @@ func TestInvalidOptions(t *testing.T) {
 	} {
 		called := false
 		err := txn.Run(ctx, pool, func(context.Context, pgx.Tx) error { called = true; return nil }, opt)
-		if !errors.Is(err, txn.ErrInvalidOption) || called {
-			t.Errorf("%s: err = %v, called = %v; want ErrInvalidOption and fn not called", name, err, called)
+		if !errors.Is(err, pgcc.ErrInvalidArgument) || called {
+			t.Errorf("%s: err = %v, called = %v; want ErrInvalidArgument and fn not called", name, err, called)
 		}
 	}
-	if err := txn.Run(ctx, nil, func(context.Context, pgx.Tx) error { return nil }); !errors.Is(err, txn.ErrInvalidOption) {
-		t.Errorf("Run on a nil handle: err = %v, want ErrInvalidOption", err)
+	if err := txn.Run(ctx, nil, func(context.Context, pgx.Tx) error { return nil }); !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Errorf("Run on a nil handle: err = %v, want ErrInvalidArgument", err)
 	}
-	if err := txn.Run(ctx, pool, nil); !errors.Is(err, txn.ErrInvalidOption) {
-		t.Errorf("Run with a nil fn: err = %v, want ErrInvalidOption", err)
+	if err := txn.Run(ctx, pool, nil); !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Errorf("Run with a nil fn: err = %v, want ErrInvalidArgument", err)
 	}
-	if err := txn.Retry(ctx, nil); !errors.Is(err, txn.ErrInvalidOption) {
-		t.Errorf("Retry with a nil fn: err = %v, want ErrInvalidOption", err)
+	if err := txn.Retry(ctx, nil); !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Errorf("Retry with a nil fn: err = %v, want ErrInvalidArgument", err)
 	}
 	err := txn.Retry(ctx, func(context.Context) error { return nil }, txn.WithIsolation(pgx.Serializable))
-	if !errors.Is(err, txn.ErrInvalidOption) {
-		t.Errorf("Retry with an isolation level: err = %v, want ErrInvalidOption", err)
+	if !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Errorf("Retry with an isolation level: err = %v, want ErrInvalidArgument", err)
 	}
 }
 
@@ -770,7 +771,7 @@ func TestRetryWithPredicate(t *testing.T) {
 	err = txn.Retry(ctx, func(context.Context) error { return stale },
 		txn.RetryIf(func(err error) bool { return errors.Is(err, stale) }), txn.WithMaxAttempts(2),
 		txn.WithBackoff(txn.Backoff{Base: time.Microsecond}))
-	if !errors.Is(err, txn.ErrRetriesExhausted) || !errors.Is(err, stale) {
+	if !errors.Is(err, pgcc.ErrRetriesExhausted) || !errors.Is(err, stale) {
 		t.Fatalf("err = %v, want exhaustion wrapping the last error", err)
 	}
 }
@@ -801,7 +802,7 @@ func TestSwallowedErrorIsNotCommitUnknown(t *testing.T) {
 		_, _ = tx.Exec(ctx, "INSERT INTO accounts VALUES (1, 0)") // unique violation, ignored
 		return nil
 	})
-	if !errors.Is(err, pgx.ErrTxCommitRollback) || errors.Is(err, txn.ErrCommitUnknown) {
+	if !errors.Is(err, pgx.ErrTxCommitRollback) || errors.Is(err, pgcc.ErrCommitUnknown) {
 		t.Fatalf("err = %v, want pgx.ErrTxCommitRollback", err)
 	}
 }

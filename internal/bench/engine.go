@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/pgcc/pgcc/lock"
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -202,13 +202,13 @@ func (s *opStats) retry(err error) {
 func kind(err error) string {
 	var pgErr *pgconn.PgError
 	switch {
-	case errors.Is(err, txn.ErrRetriesExhausted):
+	case errors.Is(err, pgcc.ErrRetriesExhausted):
 		return "retries_exhausted"
-	case errors.Is(err, txn.ErrCommitUnknown):
+	case errors.Is(err, pgcc.ErrCommitUnknown):
 		return "commit_unknown"
-	case errors.Is(err, repo.ErrConflict):
+	case errors.Is(err, pgcc.ErrConflict):
 		return "conflict"
-	case errors.Is(err, lock.ErrLockNotAvailable):
+	case errors.Is(err, pgcc.ErrLockNotAvailable):
 		return "lock_not_available"
 	case errors.As(err, &pgErr):
 		switch pgErr.Code {

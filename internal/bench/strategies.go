@@ -9,8 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/lock"
-	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
 
@@ -42,7 +42,7 @@ func (e *env) strategy(st Strategy) (rowOp, queueOp) {
 }
 
 // readValues reads the values of keys, in keys order.
-func (e *env) readValues(ctx context.Context, db repo.DBTX, keys []int64) ([]int64, error) {
+func (e *env) readValues(ctx context.Context, db pgcc.DBTX, keys []int64) ([]int64, error) {
 	rows, err := db.Query(ctx, e.sql.selectValues, keys)
 	if err != nil {
 		return nil, err
@@ -64,7 +64,7 @@ func (e *env) readValues(ctx context.Context, db repo.DBTX, keys []int64) ([]int
 }
 
 // writeValues writes back values read plus deltas, one UPDATE a row, as hand-written code does.
-func (e *env) writeValues(ctx context.Context, db repo.DBTX, keys, values, deltas []int64) error {
+func (e *env) writeValues(ctx context.Context, db pgcc.DBTX, keys, values, deltas []int64) error {
 	for i, k := range keys {
 		if _, err := db.Exec(ctx, e.sql.updateValue, k, values[i]+deltas[i]); err != nil {
 			return err
@@ -130,7 +130,7 @@ func (e *env) advisoryRow(ctx context.Context, s *opStats, c change) ([]int64, e
 func (e *env) optimisticRow(ctx context.Context, s *opStats, c change) ([]int64, error) {
 	var deltas []int64
 	if len(c.keys) == 1 {
-		_, err := e.items.Modify(ctx, e.pool, repo.Key{c.keys[0]}, func(ctx context.Context, row *item) error {
+		_, err := e.items.Modify(ctx, e.pool, pgcc.Key{c.keys[0]}, func(ctx context.Context, row *item) error {
 			if err := e.think(ctx); err != nil {
 				return err
 			}
@@ -148,7 +148,7 @@ func (e *env) optimisticRow(ctx context.Context, s *opStats, c change) ([]int64,
 		rows := make([]*item, len(c.keys))
 		values := make([]int64, len(c.keys))
 		for i, k := range c.keys {
-			r, err := e.items.Get(ctx, e.pool, k)
+			r, err := e.items.Get(ctx, e.pool, pgcc.Key{k})
 			if err != nil {
 				return err
 			}
@@ -166,7 +166,7 @@ func (e *env) optimisticRow(ctx context.Context, s *opStats, c change) ([]int64,
 		}
 		deltas = d
 		return e.items.UpdateAll(ctx, e.pool, rows)
-	}, e.retryOptions(s, txn.RetryIf(func(err error) bool { return errors.Is(err, repo.ErrConflict) }))...)
+	}, e.retryOptions(s, txn.RetryIf(func(err error) bool { return errors.Is(err, pgcc.ErrConflict) }))...)
 	return deltas, err
 }
 
@@ -181,9 +181,9 @@ func (e *env) lockingRow(noWait bool) rowOp {
 			lopts = append(lopts, lock.WithWait(lock.NoWait))
 			topts = append(topts, txn.RetryLockNotAvailable())
 		}
-		keys := make([]lock.Key, len(c.keys))
+		keys := make([]pgcc.Key, len(c.keys))
 		for i, k := range c.keys {
-			keys[i] = lock.Key{k}
+			keys[i] = pgcc.Key{k}
 		}
 		return txn.RunValue(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) ([]int64, error) {
 			rows, err := lock.Load[item](ctx, tx, e.items, keys, lopts...)
@@ -222,7 +222,7 @@ func (e *env) lockingRow(noWait bool) rowOp {
 }
 
 // nextJob returns the lowest job id still new, or errQueueEmpty.
-func (e *env) nextJob(ctx context.Context, db repo.DBTX) (int64, error) {
+func (e *env) nextJob(ctx context.Context, db pgcc.DBTX) (int64, error) {
 	var id int64
 	err := db.QueryRow(ctx, e.sql.nextJob).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -277,7 +277,7 @@ func (e *env) optimisticQueue(ctx context.Context, s *opStats) error {
 		if err != nil {
 			return err
 		}
-		j, err := e.jobs.Get(ctx, e.pool, id)
+		j, err := e.jobs.Get(ctx, e.pool, pgcc.Key{id})
 		if err != nil {
 			return err
 		}
@@ -290,7 +290,7 @@ func (e *env) optimisticQueue(ctx context.Context, s *opStats) error {
 		j.Status, j.Claims = "done", j.Claims+1
 		return e.jobs.Update(ctx, e.pool, &j)
 	}, e.retryOptions(s, txn.RetryIf(func(err error) bool {
-		return errors.Is(err, repo.ErrConflict) || errors.Is(err, errTaken)
+		return errors.Is(err, pgcc.ErrConflict) || errors.Is(err, errTaken)
 	}))...)
 }
 
@@ -319,7 +319,7 @@ func (e *env) noWaitQueue(ctx context.Context, s *opStats) error {
 		if err != nil {
 			return err
 		}
-		jobs, err := lock.Load[job](ctx, tx, e.jobs, []lock.Key{{id}}, lock.WithWait(lock.NoWait))
+		jobs, err := lock.Load[job](ctx, tx, e.jobs, []pgcc.Key{{id}}, lock.WithWait(lock.NoWait))
 		if err != nil {
 			return err
 		}
@@ -332,6 +332,6 @@ func (e *env) noWaitQueue(ctx context.Context, s *opStats) error {
 		_, err = tx.Exec(ctx, e.sql.finishJob, id)
 		return err
 	}, e.retryOptions(s, txn.RetryLockNotAvailable(), txn.RetryIf(func(err error) bool {
-		return txn.Retryable(err) || errors.Is(err, lock.ErrLockNotAvailable) || errors.Is(err, errTaken)
+		return txn.Retryable(err) || errors.Is(err, pgcc.ErrLockNotAvailable) || errors.Is(err, errTaken)
 	}))...)
 }

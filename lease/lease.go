@@ -1,4 +1,4 @@
-package lock
+package lease
 
 import (
 	"context"
@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/lockwait"
 )
 
 // Leases grants named, time-bounded ownership recorded in the table pgcc.leases (created by package
@@ -16,12 +19,12 @@ import (
 //
 // All times are the database's clock (clock_timestamp()), never the caller's.
 type Leases struct {
-	db Querier
+	db pgcc.DBTX
 }
 
-// NewLeases returns the leases stored in the database behind db, typically a *pgxpool.Pool. Each call of its
+// New returns the leases stored in the database behind db, typically a *pgxpool.Pool. Each call of its
 // methods is one autocommitted statement on db.
-func NewLeases(db Querier) *Leases { return &Leases{db: db} }
+func New(db pgcc.DBTX) *Leases { return &Leases{db: db} }
 
 // Lease is one grant of a named lease. Its methods are not safe for concurrent use.
 type Lease struct {
@@ -81,7 +84,7 @@ const (
 )
 
 // TryAcquire grants the lease name to holder for ttl if nobody holds it (it never existed, was released, or
-// expired), and returns the grant. If another grant is live it returns a [*HeldError] (errors.Is [ErrHeld])
+// expired), and returns the grant. If another grant is live it returns a [*HeldError] (errors.Is [pgcc.ErrHeld])
 // saying who holds it, since when and until when. A holder that asks again while its own grant is live gets
 // the same error: grants are not re-entrant.
 //
@@ -140,7 +143,7 @@ func (ls *Leases) Acquire(ctx context.Context, name, holder string, ttl time.Dur
 
 // Renew extends the grant to TTL from now (database clock) and updates l.Expires. A grant that already
 // expired, was released or was taken over cannot be renewed: Renew returns a [*FencedError] (errors.Is
-// [ErrFenced]) and the holder must stop the work the lease protected. ctx bounds the statement.
+// [pgcc.ErrFenced]) and the holder must stop the work the lease protected. ctx bounds the statement.
 func (l *Lease) Renew(ctx context.Context) error {
 	var expires time.Time
 	err := l.leases.db.QueryRow(ctx, renewSQL, l.Name, l.Token, l.TTL.Microseconds()).Scan(&expires)
@@ -182,37 +185,37 @@ func (ls *Leases) fenced(ctx context.Context, name string, token int64) error {
 // it share-locks the lease row, so a takeover (which must update the row) waits until tx has committed or
 // rolled back. Call it in every transaction whose writes the lease protects, before committing them; a
 // holder whose grant expired or was taken over (a process that paused past its TTL, say) gets a
-// [*FencedError] (errors.Is [ErrFenced]) and must roll back.
+// [*FencedError] (errors.Is [pgcc.ErrFenced]) and must roll back.
 //
 // Under REPEATABLE READ or SERIALIZABLE, a renewal or takeover committed after tx took its snapshot makes
 // Guard fail with SQLSTATE 40001 (serialization_failure), which txn.Run retries with a fresh snapshot.
 //
 // Guard takes WithWait([NoWait]), [WithTimeout] and [WithDiagnostics]; ctx bounds the wait for the row lock
 // as in [Rows].
-func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...Option) error {
-	cfg, err := newConfig(useGuard, opts)
+func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...GuardOption) error {
+	cfg, err := newGuardConfig(opts)
 	if err != nil {
 		return err
 	}
 	e := &FencedError{Name: name, Token: token}
 	found := false
 	ident := pgx.Identifier{"pgcc", "leases"}.Sanitize()
-	keys := []Key{{name}}
-	req := request{
-		sql: guardSQL + lockWait(cfg), args: []any{name}, inTx: true,
-		scan: func(rows pgx.Rows) error {
+	keys := []pgcc.Key{{name}}
+	req := lockwait.Request{
+		SQL: guardSQL + cfg.waitClause(), Args: []any{name}, InTx: true,
+		Scan: func(rows pgx.Rows) error {
 			if rows.Next() {
 				found = true
 				return rows.Scan(&e.Current, &e.Holder, &e.Expires, &e.Expired)
 			}
 			return rows.Err()
 		},
-		describe: func(le *LockError) { le.Table, le.Keys = ident, keys },
-		blockers: func(ctx context.Context, db Querier, pid uint32) ([]Blocker, error) {
-			return rowBlockers(ctx, db, pid, ident, []string{"name"}, keys)
+		Describe: func(le *pgcc.LockError) { le.Table, le.KeyColumns, le.Keys = ident, []string{"name"}, keys },
+		Blockers: func(ctx context.Context, db pgcc.DBTX, self int) ([]pgcc.Blocker, error) {
+			return lockwait.RowBlockers(ctx, db, self, ident, []string{"name"}, keys)
 		},
 	}
-	if err := run(ctx, cfg, tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag}, tx.Conn(), req); err != nil {
 		return err
 	}
 	if !found || e.Current != token || e.Expired {
@@ -221,21 +224,69 @@ func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...Opt
 	return nil
 }
 
-func lockWait(cfg *config) string {
-	if cfg.wait == NoWait {
-		return " NOWAIT"
-	}
-	return ""
-}
-
 func checkLease(name, holder string, ttl time.Duration) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("%w: a lease needs a name", ErrInvalidOption)
+		return fmt.Errorf("%w: a lease needs a name", pgcc.ErrInvalidArgument)
 	case holder == "":
-		return fmt.Errorf("%w: a lease needs a holder", ErrInvalidOption)
+		return fmt.Errorf("%w: a lease needs a holder", pgcc.ErrInvalidArgument)
 	case ttl < time.Millisecond:
-		return fmt.Errorf("%w: lease TTL must be at least 1ms, got %v", ErrInvalidOption, ttl)
+		return fmt.Errorf("%w: lease TTL must be at least 1ms, got %v", pgcc.ErrInvalidArgument, ttl)
 	}
 	return nil
 }
+
+// HeldError is returned by [Leases.TryAcquire] when another holder has the lease.
+type HeldError struct {
+	// Name is the lease.
+	Name string
+	// Holder is who holds it.
+	Holder string
+	// Since is when the holder acquired it, on the database clock.
+	Since time.Time
+	// Until is when it expires unless renewed, on the database clock.
+	Until time.Time
+}
+
+// Error implements error.
+func (e *HeldError) Error() string {
+	return fmt.Sprintf("pgcc: lease %q held by %q since %s until %s", e.Name, e.Holder,
+		e.Since.Format(time.RFC3339Nano), e.Until.Format(time.RFC3339Nano))
+}
+
+// Is matches [pgcc.ErrHeld] and [pgcc.ErrLockNotAvailable].
+func (e *HeldError) Is(target error) bool {
+	return target == pgcc.ErrHeld || target == pgcc.ErrLockNotAvailable
+}
+
+// FencedError is returned when a lease's token is no longer current: by [Guard] for a write from a holder whose
+// lease expired or was taken over, and by [Lease.Renew] and [Lease.Release] on such a lease.
+type FencedError struct {
+	// Name is the lease.
+	Name string
+	// Token is the token the caller presented.
+	Token int64
+	// Current is the lease's current token, 0 if the lease does not exist.
+	Current int64
+	// Holder is the current holder, "" if the lease does not exist.
+	Holder string
+	// Expires is when the current grant expires (or expired), on the database clock.
+	Expires time.Time
+	// Expired reports that the current grant had expired at the time of the check.
+	Expired bool
+}
+
+// Error implements error.
+func (e *FencedError) Error() string {
+	switch {
+	case e.Current == 0:
+		return fmt.Sprintf("pgcc: lease %q fenced: token %d presented but the lease does not exist", e.Name, e.Token)
+	case e.Current != e.Token:
+		return fmt.Sprintf("pgcc: lease %q fenced: token %d presented, current token is %d held by %q", e.Name, e.Token, e.Current, e.Holder)
+	default:
+		return fmt.Sprintf("pgcc: lease %q fenced: token %d expired at %s", e.Name, e.Token, e.Expires.Format(time.RFC3339Nano))
+	}
+}
+
+// Is matches [pgcc.ErrFenced].
+func (e *FencedError) Is(target error) bool { return target == pgcc.ErrFenced }

@@ -1,4 +1,4 @@
-package lock_test
+package lease_test
 
 import (
 	"context"
@@ -9,7 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/pgcc/pgcc/lock"
+	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/lease"
 )
 
 // sleepUntil waits on the database clock until t has passed.
@@ -25,7 +26,7 @@ func sleepUntil(t *testing.T, pool *pgxpool.Pool, at time.Time) {
 // guardedWrite runs a transaction that checks the lease token and then writes to items row 1.
 func guardedWrite(ctx context.Context, pool *pgxpool.Pool, name string, token int64) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if err := lock.Guard(ctx, tx, name, token); err != nil {
+		if err := lease.Guard(ctx, tx, name, token); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, "UPDATE items SET n = $1 WHERE id = 1", token)
@@ -37,7 +38,7 @@ func TestLeaseHeldReleaseAndTokens(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 1)
 	ctx := context.Background()
-	leases := lock.NewLeases(pool)
+	leases := lease.New(pool)
 	a, err := leases.TryAcquire(ctx, "nightly", "worker-a", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -46,15 +47,15 @@ func TestLeaseHeldReleaseAndTokens(t *testing.T) {
 		t.Errorf("first grant = %+v", a)
 	}
 	_, err = leases.TryAcquire(ctx, "nightly", "worker-b", time.Minute)
-	var held *lock.HeldError
-	if !errors.As(err, &held) || !errors.Is(err, lock.ErrHeld) {
+	var held *lease.HeldError
+	if !errors.As(err, &held) || !errors.Is(err, pgcc.ErrHeld) {
 		t.Fatalf("second TryAcquire = %v, want a HeldError", err)
 	}
 	if held.Name != "nightly" || held.Holder != "worker-a" || !held.Since.Equal(a.Acquired) || !held.Until.Equal(a.Expires) {
 		t.Errorf("HeldError = %+v, want worker-a from %v until %v", held, a.Acquired, a.Expires)
 	}
 	// Not re-entrant, and another name is independent.
-	if _, err := leases.TryAcquire(ctx, "nightly", "worker-a", time.Minute); !errors.Is(err, lock.ErrHeld) {
+	if _, err := leases.TryAcquire(ctx, "nightly", "worker-a", time.Minute); !errors.Is(err, pgcc.ErrHeld) {
 		t.Errorf("re-acquire by the holder = %v, want ErrHeld", err)
 	}
 	if other, err := leases.TryAcquire(ctx, "hourly", "worker-b", time.Minute); err != nil || other.Token != 1 {
@@ -64,10 +65,10 @@ func TestLeaseHeldReleaseAndTokens(t *testing.T) {
 	if err := a.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Release(ctx); !errors.Is(err, lock.ErrFenced) {
+	if err := a.Release(ctx); !errors.Is(err, pgcc.ErrFenced) {
 		t.Errorf("second Release = %v, want ErrFenced", err)
 	}
-	if err := guardedWrite(ctx, pool, "nightly", a.Token); !errors.Is(err, lock.ErrFenced) {
+	if err := guardedWrite(ctx, pool, "nightly", a.Token); !errors.Is(err, pgcc.ErrFenced) {
 		t.Errorf("write after release = %v, want ErrFenced", err)
 	}
 	b, err := leases.TryAcquire(ctx, "nightly", "worker-b", time.Minute)
@@ -87,7 +88,7 @@ func TestLeaseHeldReleaseAndTokens(t *testing.T) {
 	if err := guardedWrite(ctx, pool, "nightly", a2.Token); err != nil {
 		t.Errorf("write by the holder: %v", err)
 	}
-	if err := guardedWrite(ctx, pool, "never-granted", 1); !errors.Is(err, lock.ErrFenced) {
+	if err := guardedWrite(ctx, pool, "never-granted", 1); !errors.Is(err, pgcc.ErrFenced) {
 		t.Errorf("write under a lease that does not exist = %v", err)
 	}
 	for _, bad := range []func() error{
@@ -95,7 +96,7 @@ func TestLeaseHeldReleaseAndTokens(t *testing.T) {
 		func() error { _, err := leases.TryAcquire(ctx, "x", "", time.Second); return err },
 		func() error { _, err := leases.TryAcquire(ctx, "x", "y", time.Microsecond); return err },
 	} {
-		if err := bad(); !errors.Is(err, lock.ErrInvalidOption) {
+		if err := bad(); !errors.Is(err, pgcc.ErrInvalidArgument) {
 			t.Errorf("invalid lease arguments: %v", err)
 		}
 	}
@@ -108,7 +109,7 @@ func TestLeaseExpiryTakeoverAndFencing(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 1)
 	ctx := context.Background()
-	leases := lock.NewLeases(pool)
+	leases := lease.New(pool)
 	a, err := leases.TryAcquire(ctx, "report", "worker-a", time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +127,7 @@ func TestLeaseExpiryTakeoverAndFencing(t *testing.T) {
 		t.Errorf("takeover token %d at %v; want > %d, not before the expiry %v", b.Token, b.Acquired, a.Token, a.Expires)
 	}
 	err = a.Renew(ctx)
-	var fenced *lock.FencedError
+	var fenced *lease.FencedError
 	if !errors.As(err, &fenced) {
 		t.Fatalf("renewal after takeover = %v, want FencedError", err)
 	}
@@ -150,17 +151,17 @@ func TestLeaseExpiredNotTakenIsFenced(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 1)
 	ctx := context.Background()
-	a, err := lock.NewLeases(pool).TryAcquire(ctx, "job", "worker-a", 200*time.Millisecond)
+	a, err := lease.New(pool).TryAcquire(ctx, "job", "worker-a", 200*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sleepUntil(t, pool, a.Expires)
 	err = guardedWrite(ctx, pool, "job", a.Token)
-	var fenced *lock.FencedError
+	var fenced *lease.FencedError
 	if !errors.As(err, &fenced) || !fenced.Expired || fenced.Current != a.Token {
 		t.Errorf("write after expiry = %v, want FencedError with Expired", err)
 	}
-	if err := a.Renew(ctx); !errors.Is(err, lock.ErrFenced) {
+	if err := a.Renew(ctx); !errors.Is(err, pgcc.ErrFenced) {
 		t.Errorf("renewal after expiry = %v, want ErrFenced", err)
 	}
 }
@@ -169,7 +170,7 @@ func TestLeaseRenewal(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 1)
 	ctx := context.Background()
-	leases := lock.NewLeases(pool)
+	leases := lease.New(pool)
 	a, err := leases.TryAcquire(ctx, "leader", "node-1", time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +186,7 @@ func TestLeaseRenewal(t *testing.T) {
 	// Past the original expiry the renewed lease still holds.
 	sleepUntil(t, pool, first)
 	_, err = leases.TryAcquire(ctx, "leader", "node-2", time.Second)
-	var held *lock.HeldError
+	var held *lease.HeldError
 	if !errors.As(err, &held) || held.Holder != "node-1" || !held.Until.Equal(a.Expires) {
 		t.Errorf("TryAcquire past the original expiry = %v, want held by node-1 until %v", err, a.Expires)
 	}
@@ -201,7 +202,7 @@ func TestGuardHoldsOffTakeover(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 1)
 	ctx := context.Background()
-	leases := lock.NewLeases(pool)
+	leases := lease.New(pool)
 	a, err := leases.TryAcquire(ctx, "export", "worker-a", 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +212,7 @@ func TestGuardHoldsOffTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if err := lock.Guard(ctx, tx, "export", a.Token); err != nil {
+	if err := lease.Guard(ctx, tx, "export", a.Token); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tx.Exec(ctx, "UPDATE items SET n = 100 WHERE id = 1"); err != nil {
@@ -220,7 +221,7 @@ func TestGuardHoldsOffTakeover(t *testing.T) {
 	sleepUntil(t, pool, a.Expires)
 
 	type result struct {
-		lease *lock.Lease
+		lease *lease.Lease
 		err   error
 	}
 	done := make(chan result, 1)
@@ -246,7 +247,7 @@ func TestGuardHoldsOffTakeover(t *testing.T) {
 	if r.lease.Token != a.Token+1 {
 		t.Errorf("takeover token %d, want %d", r.lease.Token, a.Token+1)
 	}
-	if err := guardedWrite(ctx, pool, "export", a.Token); !errors.Is(err, lock.ErrFenced) {
+	if err := guardedWrite(ctx, pool, "export", a.Token); !errors.Is(err, pgcc.ErrFenced) {
 		t.Errorf("old holder's next write = %v, want ErrFenced", err)
 	}
 	if n := queryInt(t, pool, "SELECT n FROM items WHERE id = 1"); n != 100 {
@@ -258,7 +259,7 @@ func TestGuardNoWaitDuringTakeover(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 1)
 	ctx := context.Background()
-	a, err := lock.NewLeases(pool).TryAcquire(ctx, "l", "h", time.Minute)
+	a, err := lease.New(pool).TryAcquire(ctx, "l", "h", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,12 +273,12 @@ func TestGuardNoWaitDuringTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	inTx(t, pool, func(tx pgx.Tx) {
-		err := lock.Guard(ctx, tx, "l", a.Token, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
-		if !errors.Is(err, lock.ErrLockNotAvailable) {
+		err := lease.Guard(ctx, tx, "l", a.Token, lease.NoWait(), lease.WithDiagnostics(pool))
+		if !errors.Is(err, pgcc.ErrLockNotAvailable) {
 			t.Fatalf("Guard NOWAIT = %v", err)
 		}
 		le := lockError(t, err)
-		if le.Table != `"pgcc"."leases"` || len(le.Blockers) != 1 || le.Blockers[0].PID != other.Conn().PgConn().PID() {
+		if le.Table != `"pgcc"."leases"` || len(le.Blockers) != 1 || le.Blockers[0].PID != int(other.Conn().PgConn().PID()) {
 			t.Errorf("LockError = %+v", le)
 		}
 	})
@@ -286,7 +287,7 @@ func TestGuardNoWaitDuringTakeover(t *testing.T) {
 func TestLeaseAcquireHonoursContext(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 0)
-	leases := lock.NewLeases(pool)
+	leases := lease.New(pool)
 	if _, err := leases.TryAcquire(context.Background(), "busy", "a", time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +295,7 @@ func TestLeaseAcquireHonoursContext(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	_, err := leases.Acquire(ctx, "busy", "b", time.Minute)
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, lock.ErrHeld) {
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, pgcc.ErrHeld) {
 		t.Fatalf("Acquire = %v, want the deadline and the HeldError", err)
 	}
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
