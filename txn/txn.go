@@ -208,26 +208,30 @@ func beginner(db pgcc.Beginner, cfg *config) (func(context.Context) (pgx.Tx, err
 
 // attempt runs one BEGIN, fn, COMMIT. The deferred rollback also runs while a panic from fn unwinds.
 func attempt(ctx context.Context, begin func(context.Context) (pgx.Tx, error), fn func(context.Context, pgx.Tx) error) (outcome, error) {
-	tx, err := begin(ctx)
+	raw, err := begin(ctx)
 	if err != nil {
 		return classify(err), err
 	}
+	tx := &managed{Tx: raw, outermost: true}
 	done := false
 	defer func() {
 		if !done {
-			rollback(ctx, tx)
+			rollback(ctx, raw)
+			tx.rolledBack()
 		}
 	}()
 	if err := fn(ctx, tx); err != nil {
 		return classify(err), err
 	}
 	done = true // Commit closes tx whatever it returns.
-	if err := tx.Commit(ctx); err != nil {
+	if err := raw.Commit(ctx); err != nil {
+		tx.rolledBack()
 		if commitOutcomeUnknown(err) {
 			return commitUnknown, err
 		}
 		return classify(err), err
 	}
+	tx.committed(ctx)
 	return failed, nil
 }
 
@@ -240,21 +244,31 @@ func classify(err error) outcome {
 
 // nested runs fn in a savepoint of tx.
 func nested(ctx context.Context, tx pgx.Tx, fn func(context.Context, pgx.Tx) error) error {
-	sp, err := tx.Begin(ctx)
+	raw, err := tx.Begin(ctx)
 	if err != nil {
 		return err
+	}
+	sp := &managed{Tx: raw}
+	if parent, ok := tx.(*managed); ok {
+		sp.parent = parent
 	}
 	released := false
 	defer func() {
 		if !released {
-			rollback(ctx, sp)
+			rollback(ctx, raw)
+			sp.rolledBack()
 		}
 	}()
 	if err := fn(ctx, sp); err != nil {
 		return err
 	}
 	released = true
-	return sp.Commit(ctx)
+	if err := raw.Commit(ctx); err != nil {
+		sp.rolledBack()
+		return err
+	}
+	sp.released()
+	return nil
 }
 
 // rollback ends tx after a failure. Its error is not the caller's concern: if ROLLBACK fails, pgx closes the
