@@ -36,6 +36,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/pgcc/pgcc/internal/secret"
 )
 
 // Schema is the PostgreSQL schema that holds every object pgcc creates.
@@ -79,7 +81,7 @@ func Up(ctx context.Context, pool *pgxpool.Pool) error {
 func UpDSN(ctx context.Context, dsn string) error {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return fmt.Errorf("pgcc migrations: parse connection string: %w", err)
+		return fmt.Errorf("pgcc migrations: %w", secret.ParseError(err))
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -3,6 +3,7 @@ package migrations_test
 import (
 	"context"
 	"sync"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -153,5 +154,22 @@ func TestUpDSNRejectsGarbage(t *testing.T) {
 	t.Parallel()
 	if err := migrations.UpDSN(context.Background(), "postgres://%zz"); err == nil {
 		t.Fatal("UpDSN accepted an unparsable connection string")
+	}
+}
+
+func TestUpDSNNeverShowsThePassword(t *testing.T) {
+	t.Parallel()
+	for _, dsn := range []string{
+		"postgresql+psycopg://app:s3cr@t@127.0.0.1/db",
+		"postgress://app:s3cret@127.0.0.1/db",
+		"host=127.0.0.1 password='s3cr@t' port=abc",
+	} {
+		err := migrations.UpDSN(context.Background(), dsn)
+		if err == nil {
+			t.Fatalf("%s: accepted", dsn)
+		}
+		if msg := err.Error(); strings.Contains(msg, "s3cr") || strings.Contains(msg, "cr@t") {
+			t.Errorf("%s: error %q shows the password", dsn, msg)
+		}
 	}
 }

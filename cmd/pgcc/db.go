@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc/internal/pgserver"
+	"github.com/pgcc/pgcc/internal/secret"
 )
 
 // connect opens a pool of at most maxConns connections on the database the flags and environment name:
@@ -32,7 +33,7 @@ func connect(ctx context.Context, dsn string, getenv func(string) string, maxCon
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		release()
-		return nil, "", nil, fmt.Errorf("bad connection string from %s: %w", where, err)
+		return nil, "", nil, fmt.Errorf("bad connection string from %s: %w", where, secret.ParseError(err))
 	}
 	cfg.MaxConns = int32(maxConns)
 	cfg.ConnConfig.RuntimeParams["application_name"] = "pgcc"

@@ -53,10 +53,31 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err != nil {
 		return err
 	}
+	return verdict(rep, false)
+}
+
+// verdict is the command's outcome for a report: an error when a pgcc strategy broke its invariant or,
+// unless tolerated, when any of its operations failed for good. The naive strategy is there to lose updates
+// and is not judged.
+func verdict(rep *bench.Report, tolerateFailures bool) error {
+	var failed int64
+	var first string
 	for _, c := range rep.Cells {
-		if c.Strategy != bench.Naive && c.Violations != 0 {
-			return fmt.Errorf("invariant broken: %s lost %d updates", c.Strategy, c.Violations)
+		if c.Strategy == bench.Naive {
+			continue
 		}
+		if c.Violations != 0 {
+			return fmt.Errorf("invariant broken: %s/%s ×%d has %d %s", c.Workload, c.Strategy, c.Workers, c.Violations, c.Invariant)
+		}
+		for _, n := range c.Errors {
+			if n > 0 && first == "" {
+				first = fmt.Sprintf("%s/%s ×%d: %s", c.Workload, c.Strategy, c.Workers, c.ErrorSample)
+			}
+			failed += n
+		}
+	}
+	if failed > 0 && !tolerateFailures {
+		return fmt.Errorf("%d pgcc operations failed (first: %s)", failed, first)
 	}
 	return nil
 }

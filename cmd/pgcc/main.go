@@ -19,14 +19,34 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGINT or SIGTERM cancels ctx, which every command honours: statements are cancelled,
+	// pgbench is interrupted, scratch schemas are dropped. Whatever is still running a moment later is not
+	// waited for: the command exits within a second of the signal, and a second signal kills it at once.
+	context.AfterFunc(ctx, func() {
+		stop()
+		time.AfterFunc(stopGrace, func() {
+			fmt.Fprintln(os.Stderr, "pgcc: interrupted; exiting without waiting for cleanup")
+			os.Exit(exitInterrupted)
+		})
+	})
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	if ctx.Err() != nil && code == 0 {
+		code = exitInterrupted
+	}
 	stop()
 	os.Exit(code)
 }
+
+// stopGrace is how long a command may take to wind down after SIGINT or SIGTERM.
+const stopGrace = 800 * time.Millisecond
+
+// exitInterrupted is the status of a command stopped by a signal, as shells report 128+SIGINT.
+const exitInterrupted = 130
 
 const usage = `usage: pgcc <command> [flags]
 

@@ -8,8 +8,11 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,6 +61,14 @@ func TestParseBench(t *testing.T) {
 		{name: "bad workers", args: []string{"-workers", "1,x"}, wantErr: "workers"},
 		{name: "zero workers", args: []string{"-workers", "0"}, wantErr: "workers"},
 		{name: "skew", args: []string{"-skew", "0.5"}, wantErr: "skew"},
+		{name: "skew +Inf", args: []string{"-skew", "+Inf"}, wantErr: "skew"},
+		{name: "skew NaN", args: []string{"-skew", "NaN"}, wantErr: "skew"},
+		{name: "skew -Inf", args: []string{"-skew", "-Inf"}, wantErr: "skew"},
+		{name: "skew huge", args: []string{"-skew", "1e300"}, wantErr: "skew"},
+		{name: "ops huge", args: []string{"-ops", "9223372036854775807"}, wantErr: "ops"},
+		{name: "duration huge", args: []string{"-duration", "9000h"}, wantErr: "duration"},
+		{name: "attempts huge", args: []string{"-max-attempts", "2000000000"}, wantErr: "max attempts"},
+		{name: "stock huge", args: []string{"-stock", "9223372036854775807"}, wantErr: "stock"},
 		{name: "rows", args: []string{"-rows", "1"}, wantErr: "rows 1"},
 		{name: "negative think", args: []string{"-think", "-1ms"}, wantErr: "think"},
 		{name: "no duration", args: []string{"-duration", "0"}, wantErr: "duration"},
@@ -136,6 +147,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"demo", "-workers", "1"}, 2, "pgcc demo: "},
 		{[]string{"bench", "-dsn", "postgres://postgres@127.0.0.1:1/none?connect_timeout=2", "-pgbench", "off"}, 1, "cannot reach the database"},
 		{[]string{"locks", "-dsn", "not a dsn ==="}, 1, "bad connection string"},
+		// A mistyped scheme: the message must not show the password, not even the part after an '@' in it.
+		{[]string{"demo", "-dsn", "postgresql+psycopg://app:s3cr@t@127.0.0.1/db"}, 1, "cannot parse the connection string"},
+		{[]string{"bench", "-dsn", "host=127.0.0.1 password='s3cr@t' port=abc", "-pgbench", "off"}, 1, "cannot parse the connection string"},
 	} {
 		code, _, stderr := pgcc(t, tt.args...)
 		if code != tt.code || !strings.Contains(stderr, tt.contains) {
@@ -146,6 +160,9 @@ func TestUsageErrors(t *testing.T) {
 		}
 		if strings.Contains(stderr, "goroutine ") || strings.Contains(stderr, "panic") {
 			t.Errorf("pgcc %q: stack trace on stderr: %q", tt.args, stderr)
+		}
+		if strings.Contains(stderr, "s3cr") || strings.Contains(stderr, "cr@t") {
+			t.Errorf("pgcc %q: stderr shows the password: %q", tt.args, stderr)
 		}
 	}
 	code, _, stderr := pgcc(t, "bench", "-h")
@@ -251,4 +268,98 @@ func TestLocksOnce(t *testing.T) {
 	if code != 0 || strings.Count(out, "waiting for a lock")+strings.Count(out, "session(s) waiting") < 2 {
 		t.Fatalf("exit %d, out %q, stderr %q", code, out, stderr)
 	}
+}
+
+func TestVerdict(t *testing.T) {
+	t.Parallel()
+	ok := bench.Cell{Workload: bench.Hot, Strategy: bench.Optimistic, Workers: 8, Ops: 10}
+	naiveLost := bench.Cell{Workload: bench.Hot, Strategy: bench.Naive, Workers: 8, Ops: 10, Violations: 7, Errors: map[string]int64{"x": 1}}
+	failed := bench.Cell{Workload: bench.Hot, Strategy: bench.NoWait, Workers: 8, Ops: 9,
+		Errors: map[string]int64{"retries_exhausted": 3}, ErrorSample: "pgcc: gave up after 10 attempts"}
+	broken := bench.Cell{Workload: bench.Bank, Strategy: bench.Pessimistic, Workers: 8, Violations: 2, Invariant: "units of balance"}
+	for _, tc := range []struct {
+		cells    []bench.Cell
+		tolerate bool
+		want     string
+	}{
+		{[]bench.Cell{ok, naiveLost}, false, ""},
+		{[]bench.Cell{ok, failed}, false, "3 pgcc operations failed (first: hot/nowait ×8: pgcc: gave up after 10 attempts)"},
+		{[]bench.Cell{ok, failed}, true, ""},
+		{[]bench.Cell{failed, broken}, true, "invariant broken: bank/pessimistic ×8 has 2 units of balance"},
+	} {
+		err := verdict(&bench.Report{Cells: tc.cells}, tc.tolerate)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tc.want {
+			t.Errorf("verdict = %q, want %q", got, tc.want)
+		}
+	}
+}
+
+// TestSignalStopsTheCommandWithinASecond runs the built command on a long benchmark and sends it SIGTERM:
+// it must exit, non-zero, within a second, whatever it was doing.
+func TestSignalStopsTheCommandWithinASecond(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "pgcc")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	db := pgtest.NewDB(t)
+	for _, sig := range []os.Signal{syscall.SIGTERM, os.Interrupt} {
+		cmd := exec.Command(bin, "bench", "-dsn", db.DSN, "-workloads", "hot", "-strategies", "optimistic",
+			"-workers", "4", "-duration", "1h", "-pgbench", "off", "-quiet")
+		stderr := &lockedBuffer{}
+		cmd.Stderr = stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Wait until the benchmark is running: it reports the database it uses first.
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(stderr.String(), "database from") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond)
+		sent := time.Now()
+		if err := cmd.Process.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			took := time.Since(sent)
+			if err == nil {
+				t.Errorf("%v: exit status 0 after being interrupted", sig)
+			}
+			if took > 1500*time.Millisecond {
+				t.Errorf("%v: exited %v after the signal; want within a second", sig, took)
+			}
+			t.Logf("%v: exited %v after the signal: %v", sig, took.Round(time.Millisecond), err)
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+			t.Fatalf("%v: still running 10s after the signal; stderr: %s", sig, stderr.String())
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a child process writes to while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

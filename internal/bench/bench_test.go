@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -206,5 +207,24 @@ func TestValidate(t *testing.T) {
 	cfg := bench.DefaultConfig()
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("default: %v", err)
+	}
+}
+
+func TestPgbenchCommandKeepsThePasswordOffTheCommandLine(t *testing.T) {
+	t.Parallel()
+	for _, dsn := range []string{
+		"postgres://app:s3cret@127.0.0.1:5432/orders?sslmode=disable",
+		"host=127.0.0.1 user=app password='s3 cret' dbname=orders",
+	} {
+		cmd, err := bench.PgbenchCommand(context.Background(), "pgbench", dsn, []string{"-n", "-T", "1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if args := strings.Join(cmd.Args, " "); strings.Contains(args, "s3") {
+			t.Errorf("%s: argv %q shows the password", dsn, args)
+		}
+		if !slices.Contains(cmd.Env, "PGPASSWORD=s3cret") && !slices.Contains(cmd.Env, "PGPASSWORD=s3 cret") {
+			t.Errorf("%s: PGPASSWORD not in the child's environment", dsn)
+		}
 	}
 }

@@ -118,6 +118,17 @@ func DefaultConfig() Config {
 var ErrInvalidConfig = errors.New("pgcc bench: invalid configuration")
 
 // Validate checks cfg and says what is wrong with the first bad field.
+// Bounds of a Config, so that no value makes a run that cannot end or whose arithmetic overflows.
+const (
+	maxSkew     = 20
+	maxOps      = 100_000_000
+	maxDuration = time.Hour
+	maxThink    = 10 * time.Second
+	maxAttempts = 1_000_000
+	maxBackoff  = time.Minute
+	maxStock    = 1 << 40
+)
+
 func (c *Config) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
@@ -135,20 +146,23 @@ func (c *Config) Validate() error {
 		return bad("rows %d: need at least 2 (bank moves between two distinct rows)", c.Rows)
 	case c.Rows > 10_000_000:
 		return bad("rows %d: at most 10,000,000", c.Rows)
-	case !(c.Skew > 1):
-		return bad("skew %v: the Zipf exponent must be > 1", c.Skew)
-	case c.Ops < 0:
-		return bad("ops %d is negative", c.Ops)
+	case !(c.Skew > 1 && c.Skew <= maxSkew):
+		// Written so that NaN fails too; +Inf would make the Zipf generator loop forever.
+		return bad("skew %v: the Zipf exponent must be in (1, %v]", c.Skew, maxSkew)
+	case c.Ops < 0 || c.Ops > maxOps:
+		return bad("ops %d: want 0..%d", c.Ops, maxOps)
+	case c.Duration < 0 || c.Duration > maxDuration:
+		return bad("duration %v: want at most %v per cell", c.Duration, maxDuration)
 	case c.Ops == 0 && c.Duration <= 0:
 		return bad("need a positive duration or a number of operations")
-	case c.Think < 0:
-		return bad("think time %v is negative", c.Think)
-	case c.MaxAttempts < 1:
-		return bad("max attempts %d: need at least 1", c.MaxAttempts)
-	case c.BackoffBase <= 0 || c.BackoffCap < c.BackoffBase:
-		return bad("backoff base %v, cap %v: need 0 < base <= cap", c.BackoffBase, c.BackoffCap)
-	case c.Stock < 1:
-		return bad("stock %d: need at least 1", c.Stock)
+	case c.Think < 0 || c.Think > maxThink:
+		return bad("think time %v: want 0..%v", c.Think, maxThink)
+	case c.MaxAttempts < 1 || c.MaxAttempts > maxAttempts:
+		return bad("max attempts %d: want 1..%d", c.MaxAttempts, maxAttempts)
+	case c.BackoffBase <= 0 || c.BackoffCap < c.BackoffBase || c.BackoffCap > maxBackoff:
+		return bad("backoff base %v, cap %v: need 0 < base <= cap <= %v", c.BackoffBase, c.BackoffCap, maxBackoff)
+	case c.Stock < 1 || c.Stock > maxStock:
+		return bad("stock %d: want 1..%d", c.Stock, maxStock)
 	}
 	return nil
 }

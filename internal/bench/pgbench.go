@@ -11,8 +11,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgcc/pgcc/internal/secret"
 )
 
 // PgbenchResult is what pgbench reported for the script equivalent to a cell.
@@ -105,6 +108,25 @@ func (e *env) pgbenchScript(w Workload, st Strategy) string {
 	return b.String()
 }
 
+// pgbenchCommand returns the command running pgbench with args against dsn. The password, if dsn has one,
+// goes in the child's environment (PGPASSWORD), never on its command line, which every user of the machine
+// can read.
+func pgbenchCommand(ctx context.Context, bin, dsn string, args []string) (*exec.Cmd, error) {
+	stripped, password, err := secret.WithoutPassword(dsn)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, bin, append(args, stripped)...)
+	if password != "" {
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+password)
+	}
+	// On cancellation pgbench gets SIGINT, which it handles by stopping its clients, and is killed if it has
+	// not exited a little later.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 500 * time.Millisecond
+	return cmd, nil
+}
+
 var (
 	tpsRE     = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
 	failedRE  = regexp.MustCompile(`(?m)^number of failed transactions: (\d+)`)
@@ -130,8 +152,10 @@ func (e *env) runPgbench(ctx context.Context, dsn, script string, clients int) (
 	} else {
 		args = append(args, "-T", strconv.Itoa(max(1, int(math.Round(e.cfg.Duration.Seconds())))))
 	}
-	args = append(args, dsn)
-	cmd := exec.CommandContext(ctx, e.cfg.Pgbench, args...)
+	cmd, err := pgbenchCommand(ctx, e.cfg.Pgbench, dsn, args)
+	if err != nil {
+		return nil, err
+	}
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {

@@ -1,0 +1,4 @@
+package bench
+
+// PgbenchCommand exposes pgbenchCommand to the external tests.
+var PgbenchCommand = pgbenchCommand
