@@ -15,6 +15,13 @@
 //  4. none: with CI set to a true value the run fails, otherwise the package's tests are skipped with a
 //     message that says how to provide a server.
 //
+// # Stopping tests that hang
+//
+// Every test that gets a database through the harness is watched: one still running [DefaultWatchdog] after
+// it was first watched makes the harness print its name and every goroutine's stack, and exit the binary with
+// a failure. [Deadline] gives one test more time, [EnvWatchdog] changes the limit for the run, [Watch] puts a
+// test that uses no database under the same watchdog.
+//
 // # Leaving nothing behind
 //
 // Database names carry the creation time: pgcc_t_<unix seconds>_<run>_<pid>_<n>. Test databases are dropped
