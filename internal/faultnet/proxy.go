@@ -217,7 +217,8 @@ func (p *Proxy) RefuseNew(refuse bool) { p.refuse.Store(refuse) }
 // Stats are the proxy's counters since it started or since [Proxy.ResetStats].
 type Stats struct {
 	// Flights counts the clients' flights: sends after the server handed them the turn (see the package doc),
-	// the round trips the clients waited for.
+	// the round trips the clients waited for. Opening a connection with trust authentication is one, and so
+	// is a cancel request; a Terminate is none.
 	Flights int64
 	// ToServer and ToClient count the bytes delivered in each direction.
 	ToServer, ToClient int64
