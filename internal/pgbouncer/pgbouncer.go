@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,7 +248,7 @@ func (b *Bouncer) Port() int { return b.port }
 
 // DSN returns a connection string for database db through the pooler, as user postgres.
 func (b *Bouncer) DSN(db string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", b.port, db)
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", b.port, url.PathEscape(db))
 }
 
 // Admin runs one command on the pooler's admin console (database pgbouncer, simple protocol), such as

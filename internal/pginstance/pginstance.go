@@ -35,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,7 +255,7 @@ func (i *Instance) DataDir() string { return i.data }
 
 // DSN returns a connection string for database db as the superuser postgres.
 func (i *Instance) DSN(db string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", i.port, db)
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", i.port, url.PathEscape(db))
 }
 
 // MultiHostDSN returns a connection string for database db listing primary then standby, with
@@ -262,7 +263,12 @@ func (i *Instance) DSN(db string) string {
 // finds the promoted standby. connect_timeout bounds each attempt.
 func MultiHostDSN(primary, standby *Instance, db string) string {
 	return fmt.Sprintf("host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=%s sslmode=disable "+
-		"target_session_attrs=read-write connect_timeout=5", primary.port, standby.port, db)
+		"target_session_attrs=read-write connect_timeout=5", primary.port, standby.port, keywordValue(db))
+}
+
+// keywordValue quotes a value for a keyword/value connection string.
+func keywordValue(v string) string {
+	return "'" + strings.ReplaceAll(strings.ReplaceAll(v, `\`, `\\`), "'", `\'`) + "'"
 }
 
 // Start starts the instance again after [Instance.Stop] or [Instance.Kill], on the same port and data
