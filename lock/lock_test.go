@@ -91,20 +91,30 @@ func holdRow(t *testing.T, pool *pgxpool.Pool, id int) (pgx.Tx, int) {
 // awaitWaiting polls pg_stat_activity until the backend pid waits for a lock.
 func awaitWaiting(t *testing.T, pool *pgxpool.Pool, pid uint32) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	if err := awaitLockWait(context.Background(), pool, pid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitLockWait is awaitWaiting for goroutines other than the test's, which must not call t.Fatal: it
+// returns an error when backend pid has not waited for a lock within 10 seconds (or ctx's end).
+func awaitLockWait(ctx context.Context, pool *pgxpool.Pool, pid uint32) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
 		var waiting bool
-		err := pool.QueryRow(context.Background(),
+		err := pool.QueryRow(ctx,
 			"SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock')", int64(pid)).Scan(&waiting)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			return
+		switch {
+		case ctx.Err() != nil:
+			return fmt.Errorf("backend %d never waited for a lock: %w", pid, ctx.Err())
+		case err != nil:
+			return err
+		case waiting:
+			return nil
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	t.Fatalf("backend %d never waited for a lock", pid)
 }
 
 func pgCode(err error) string {
@@ -527,32 +537,37 @@ func TestOppositeOrderNoDeadlock(t *testing.T) {
 
 // TestDeadlockIsTyped: two transactions lock rows one at a time in opposite orders, the textbook deadlock.
 // PostgreSQL aborts one; its error is a LockError matching ErrDeadlock that txn.Retryable accepts.
+//
+// Each goroutine signals the other on a channel of its own (a single shared channel let A receive its own
+// token back and wait forever), signals on every path, and every lock wait is bounded by ctx.
 func TestDeadlockIsTyped(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 2)
-	ctx := context.Background()
-	first := make(chan struct{}, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	aHolds1 := make(chan struct{}) // closed by A once it holds row 1 (or failed to)
+	bHolds2 := make(chan struct{}) // closed by B once it holds row 2 (or failed to)
 	txs := make([]pgx.Tx, 2)
 	for i := range txs {
 		tx, err := pool.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer func() { _ = tx.Rollback(ctx) }()
+		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 		txs[i] = tx
 	}
 	pidA := txs[0].Conn().PgConn().PID()
-	errs := make([]error, 2)
+	errs := make([]error, 3) // A, B, and B's wait for A to block
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { // A: 1 then 2
 		defer wg.Done()
-		if errs[0] = lock.Row(ctx, txs[0], itemsTable(), pgcc.Key{1}); errs[0] != nil {
-			first <- struct{}{}
+		errs[0] = lock.Row(ctx, txs[0], itemsTable(), pgcc.Key{1})
+		close(aHolds1)
+		if errs[0] != nil {
 			return
 		}
-		first <- struct{}{}
-		<-first // wait until B holds 2 (B sends after locking)
+		<-bHolds2
 		errs[0] = lock.Row(ctx, txs[0], itemsTable(), pgcc.Key{2})
 		if errs[0] != nil {
 			_ = txs[0].Rollback(ctx)
@@ -560,21 +575,27 @@ func TestDeadlockIsTyped(t *testing.T) {
 	}()
 	go func() { // B: 2 then 1, once A is waiting for 2
 		defer wg.Done()
-		<-first
-		if errs[1] = lock.Row(ctx, txs[1], itemsTable(), pgcc.Key{2}); errs[1] != nil {
-			first <- struct{}{}
+		<-aHolds1
+		errs[1] = lock.Row(ctx, txs[1], itemsTable(), pgcc.Key{2})
+		close(bHolds2)
+		if errs[1] != nil {
 			return
 		}
-		first <- struct{}{}
-		awaitWaiting(t, pool, pidA)
+		if errs[2] = awaitLockWait(ctx, pool, pidA); errs[2] != nil {
+			_ = txs[1].Rollback(ctx) // releases row 2, so A is not left waiting on it
+			return
+		}
 		errs[1] = lock.Row(ctx, txs[1], itemsTable(), pgcc.Key{1}, lock.WithDiagnostics(pool))
 		if errs[1] != nil {
 			_ = txs[1].Rollback(ctx)
 		}
 	}()
 	wg.Wait()
+	if errs[2] != nil {
+		t.Error(errs[2])
+	}
 	var deadlocked []error
-	for _, err := range errs {
+	for _, err := range errs[:2] {
 		switch {
 		case err == nil:
 		case errors.Is(err, pgcc.ErrDeadlock):

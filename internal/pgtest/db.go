@@ -25,6 +25,7 @@ type DB struct {
 // connections opened through it have been closed.
 func NewDB(t testing.TB) *DB {
 	t.Helper()
+	watchTest(t)
 	h := get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -45,6 +46,7 @@ func NewDB(t testing.TB) *DB {
 // reported as a test failure, and the pool is closed.
 func (d *DB) Pool(t testing.TB, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
+	watchTest(t)
 	cfg, err := pgxpool.ParseConfig(d.DSN)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
@@ -87,6 +89,7 @@ func awaitReleased(pool *pgxpool.Pool, grace time.Duration) int32 {
 // Conn opens a single connection on the database, closed when t ends.
 func (d *DB) Conn(t testing.TB) *pgx.Conn {
 	t.Helper()
+	watchTest(t)
 	cfg, err := pgx.ParseConfig(d.DSN)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)

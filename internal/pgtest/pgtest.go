@@ -15,6 +15,13 @@
 //  4. none: with CI set to a true value the run fails, otherwise the package's tests are skipped with a
 //     message that says how to provide a server.
 //
+// # Stopping tests that hang
+//
+// Every test that gets a database through the harness is watched: one still running [DefaultWatchdog] after
+// it was first watched makes the harness print its name and every goroutine's stack, and exit the binary with
+// a failure. [Deadline] gives one test more time, [EnvWatchdog] changes the limit for the run, [Watch] puts a
+// test that uses no database under the same watchdog.
+//
 // # Leaving nothing behind
 //
 // Database names carry the creation time: pgcc_t_<unix seconds>_<run>_<pid>_<n>. Test databases are dropped
@@ -42,9 +49,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc/internal/leakcheck"
 	"github.com/pgcc/pgcc/internal/pgserver"
-	"go.uber.org/goleak"
-
 	"github.com/pgcc/pgcc/migrations"
 )
 
@@ -88,19 +94,24 @@ var (
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
 //
 // It never returns: it exits with the tests' status, after dropping the template and examples databases, and
-// fails a passing run that leaked goroutines.
+// fails a passing run that left goroutines running (internal/leakcheck).
 func Main(m *testing.M) {
+	before := leakcheck.Take()
 	code := run(m)
 	if code == 0 {
 		// Everything the tests started, and the harness itself, must be gone by now: pools closed, retry
 		// loops returned, background goroutines stopped.
-		if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1")); err != nil {
+		if err := before.Check(goroutineGrace, "github.com/testcontainers/testcontainers-go.(*Reaper).connect.func1"); err != nil {
 			fmt.Fprintf(os.Stderr, "pgtest: goroutines leaked by the tests: %v\n", err)
 			code = 1
 		}
 	}
 	os.Exit(code)
 }
+
+// goroutineGrace is how long [Main] gives goroutines to end after the tests, for those that stop asynchronously
+// (a closed pool's health checker, a connection's context watcher).
+const goroutineGrace = 2 * time.Second
 
 func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

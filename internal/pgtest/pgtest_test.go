@@ -2,12 +2,24 @@ package pgtest
 
 import (
 	"context"
+	"errors"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
 
-func TestMain(m *testing.M) { Main(m) }
+// envWatchdogChild marks the child test binary TestWatchdogFires starts: it runs one hanging test, without the
+// harness (no server needed, no databases left behind when the watchdog exits the process).
+const envWatchdogChild = "PGCC_TEST_WATCHDOG_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envWatchdogChild) == "1" {
+		os.Exit(m.Run())
+	}
+	Main(m)
+}
 
 func TestNewDBIsMigratedAndIsolated(t *testing.T) {
 	t.Parallel()
@@ -80,6 +92,75 @@ func TestWithDatabase(t *testing.T) {
 		got, err := withDatabase(tt.in, "x")
 		if err != nil || got != tt.want {
 			t.Errorf("withDatabase(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+// TestWatchdogFires runs this test binary again as a child whose only test hangs under a 100ms deadline: the
+// watchdog must print the goroutines, naming the test, and make the child fail.
+func TestWatchdogFires(t *testing.T) {
+	if os.Getenv(envWatchdogChild) == "1" {
+		Deadline(t, 100*time.Millisecond)
+		time.Sleep(time.Minute) // the hang; the parent's context kills us if the watchdog does not
+		return
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestWatchdogFires$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envWatchdogChild+"=1", EnvWatchdog+"=")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != watchdogExitCode {
+		t.Fatalf("child ended with %v, want exit status %d; output:\n%s", err, watchdogExitCode, out)
+	}
+	for _, want := range []string{"watchdog: TestWatchdogFires", "goroutine ", "time.Sleep"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("child output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestWatchdogStopsWithTheTest(t *testing.T) {
+	t.Parallel()
+	var w *watch
+	t.Run("inner", func(t *testing.T) {
+		w = watchTest(t)
+		Deadline(t, time.Hour)
+		if again := watchTest(t); again != w {
+			t.Error("a second watch of the same test made a second timer")
+		}
+	})
+	watchMu.Lock()
+	defer watchMu.Unlock()
+	for tb := range watches {
+		if tb.Name() == t.Name()+"/inner" {
+			t.Fatal("the ended test is still watched")
+		}
+	}
+	if w.timer != nil && w.timer.Stop() {
+		t.Fatal("the ended test's timer was still armed")
+	}
+}
+
+func TestWatchdogLimit(t *testing.T) {
+	tests := []struct {
+		env  string
+		want time.Duration
+		ok   bool
+	}{
+		{"", DefaultWatchdog, true},
+		{"90s", 90 * time.Second, true},
+		{"off", 0, true},
+		{"0", 0, true},
+		{"soon", 0, false},
+		{"-1s", 0, false},
+	}
+	for _, tt := range tests {
+		t.Setenv(EnvWatchdog, tt.env)
+		got, err := watchdogLimit()
+		if got != tt.want || (err == nil) != tt.ok {
+			t.Errorf("%s=%q: limit %v, error %v; want %v, ok %v", EnvWatchdog, tt.env, got, err, tt.want, tt.ok)
 		}
 	}
 }
