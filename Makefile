@@ -2,12 +2,14 @@
 # testcontainers PostgreSQL when Docker answers, else postgres@127.0.0.1:5432).
 
 GO      ?= go
-PKGS    ?= ./...
+# Every module of the repository (go.work ties them together): the library, its migrations, the public test
+# kit and the command, each a module of its own so that importers pay only for what they import.
+PKGS    ?= ./... ./migrations/... ./pgcctest/... ./cmd/pgcc/...
 # One identifier for all test binaries of this run, so that its databases can be swept afterwards.
 RUN     := $(shell od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 TIMEOUT ?= 9m
 
-.PHONY: all test lint fmt bench bench-report demo sweep
+.PHONY: all test lint fmt bench bench-report demo sweep deps
 
 all: lint test
 
@@ -24,6 +26,10 @@ lint:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+## deps: what importing pgcc costs a service (modules and go.sum lines), against the floor; fails past the limits.
+deps:
+	bash .ci/consumer-graph
 
 ## bench: the go test benchmarks, pgcc against hand-written pgx on the same statements.
 bench:

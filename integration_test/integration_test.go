@@ -17,9 +17,9 @@ import (
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
+	"github.com/pgcc/pgcc/internal/schema"
 	"github.com/pgcc/pgcc/lease"
 	"github.com/pgcc/pgcc/lock"
-	"github.com/pgcc/pgcc/migrations"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -303,9 +303,14 @@ func TestSqlcStyleCheck(t *testing.T) {
 func TestTemplateIsMigrated(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.NewDB(t).Pool(t)
-	v, dirty, err := migrations.Version(context.Background(), pool)
-	if err != nil || dirty || v == 0 {
-		t.Fatalf("version %d, dirty %v, err %v", v, dirty, err)
+	latest, err := schema.Latest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v uint
+	var dirty bool
+	if err := pool.QueryRow(context.Background(), `SELECT version, dirty FROM pgcc.schema_migrations`).Scan(&v, &dirty); err != nil || dirty || v != latest {
+		t.Fatalf("version %d (latest %d), dirty %v, err %v", v, latest, dirty, err)
 	}
 	var n int
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pgcc.leases`).Scan(&n); err != nil {

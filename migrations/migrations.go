@@ -1,12 +1,15 @@
-// Package migrations applies pgcc's own database objects.
+// Package migrations applies pgcc's own database objects with golang-migrate.
 //
 // Everything pgcc stores lives in the PostgreSQL schema [Schema] ("pgcc"). The migration files are embedded in
 // the binary and applied by golang-migrate through its pgx/v5 driver, with a version table of its own,
 // "pgcc"."schema_migrations" ([VersionTable]). A service that manages its own schema with golang-migrate keeps
 // its own "public"."schema_migrations" and its own migration lock; the two never see each other.
 //
-// Only package lock needs these objects (the lease table); row locks, advisory locks, optimistic updates and
-// retrying transactions work on any database without them.
+// Only leases (package lease) and idempotency keys (txn.WithIdempotencyKey) need these objects; row locks,
+// advisory locks, optimistic updates and retrying transactions work on any database without them.
+//
+// migrations is a Go module of its own (github.com/pgcc/pgcc/migrations), so that golang-migrate and its
+// dependencies enter the module graph only of a service that imports it.
 //
 // # Concurrency
 //
@@ -17,14 +20,14 @@
 //
 // # Layering
 //
-// migrations imports only pgx, golang-migrate and the standard library. No other pgcc package imports it; the
-// test harness in internal/pgtest applies it to the template database every test database is cloned from.
+// migrations imports pgx, golang-migrate and the migration files themselves (kept in the main module, where
+// the test harness applies them to its template database without golang-migrate). No other pgcc package
+// imports it.
 package migrations
 
 import (
 	"context"
 	"database/sql"
-	"embed"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -37,34 +40,25 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/pgcc/pgcc/internal/schema"
 	"github.com/pgcc/pgcc/internal/secret"
 )
 
 // Schema is the PostgreSQL schema that holds every object pgcc creates.
-const Schema = "pgcc"
+const Schema = schema.Name
 
 // VersionTable is the name, inside [Schema], of the table golang-migrate records pgcc's schema version in.
-const VersionTable = "schema_migrations"
+const VersionTable = schema.VersionTable
 
 // schemaLockKey is the transaction-scoped advisory lock key that serialises CREATE SCHEMA between concurrent
 // callers of Up. It is the first eight bytes of "pgcc.mig" read as a big-endian integer, so that it is
 // unlikely to collide with an application's own keys.
-const schemaLockKey int64 = 0x706763632e6d6967
-
-//go:embed sql/*.sql
-var files embed.FS
+const schemaLockKey = schema.LockKey
 
 // FS returns the embedded migration files (golang-migrate's NNNN_name.up.sql / .down.sql layout, at the
 // root of the returned file system), for teams that run migrations with their own tooling. Such tooling must
 // use "pgcc"."schema_migrations" as its version table, or pgcc's versions will mix with the application's.
-func FS() fs.FS {
-	sub, err := fs.Sub(files, "sql")
-	if err != nil {
-		// fs.Sub only fails on an invalid path, and "sql" is a constant valid path.
-		panic(err)
-	}
-	return sub
-}
+func FS() fs.FS { return schema.FS() }
 
 // Up applies every pending migration to the database behind pool. It returns nil when the schema is already
 // current.
@@ -120,7 +114,7 @@ func run(ctx context.Context, pool *pgxpool.Pool, step func(*migrate.Migrate) er
 	if err := ensureSchema(ctx, pool); err != nil {
 		return err
 	}
-	src, err := iofs.New(files, "sql")
+	src, err := iofs.New(schema.FS(), ".")
 	if err != nil {
 		return fmt.Errorf("pgcc migrations: open embedded files: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc/internal/pgtest"
+	"github.com/pgcc/pgcc/internal/schema"
 	"github.com/pgcc/pgcc/migrations"
 )
 
@@ -171,5 +172,55 @@ func TestUpDSNNeverShowsThePassword(t *testing.T) {
 		if msg := err.Error(); strings.Contains(msg, "s3cr") || strings.Contains(msg, "cr@t") {
 			t.Errorf("%s: error %q shows the password", dsn, msg)
 		}
+	}
+}
+
+// The test harness and pgcctest build their template databases with schema.Apply, without golang-migrate.
+// Up must then find nothing to do, and Apply must find nothing to do after Up, with the same objects.
+func TestHarnessApplyAgreesWithGolangMigrate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	objects := func(pool *pgxpool.Pool) string {
+		var s string
+		err := pool.QueryRow(ctx, `SELECT string_agg(c.relname || ':' || c.relkind::text, ',' ORDER BY c.relname)
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgcc'`).Scan(&s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	byApply := setup(t).Pool(t)
+	conn, err := byApply.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = schema.Apply(ctx, conn.Conn())
+	conn.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.Up(ctx, byApply); err != nil {
+		t.Fatalf("Up after Apply: %v", err)
+	}
+	if v, dirty, err := migrations.Version(ctx, byApply); err != nil || dirty || v != latest(t) {
+		t.Fatalf("after Apply and Up: version %d dirty %v err %v, want %d", v, dirty, err, latest(t))
+	}
+
+	byMigrate := setup(t).Pool(t)
+	if err := migrations.Up(ctx, byMigrate); err != nil {
+		t.Fatal(err)
+	}
+	conn, err = byMigrate.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = schema.Apply(ctx, conn.Conn())
+	conn.Release()
+	if err != nil {
+		t.Fatalf("Apply after Up: %v", err)
+	}
+	if a, b := objects(byApply), objects(byMigrate); a != b {
+		t.Errorf("objects differ:\n apply:   %s\n migrate: %s", a, b)
 	}
 }

@@ -392,7 +392,7 @@ func TestModifyErrors(t *testing.T) {
 		t.Fatalf("Modify of a missing row: %v, want ErrNotFound", err)
 	}
 	_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(context.Context, *Account) error { return nil }, txn.WithIsolation(pgx.Serializable))
-	if !errors.Is(err, pgcc.ErrInvalidArgument) || !errors.Is(err, pgcc.ErrInvalidArgument) {
+	if !errors.Is(err, pgcc.ErrInvalidArgument) {
 		t.Fatalf("Modify with a transaction option: %v, want ErrInvalidArgument", err)
 	}
 	if _, err := accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, nil); !errors.Is(err, pgcc.ErrInvalidArgument) {

@@ -117,7 +117,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		}
 	}
 	if o.plotDir != "" {
-		files, err := rep.WritePlots(o.plotDir, o.plotFormat)
+		files, err := writePlots(rep, o.plotDir, o.plotFormat)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pgcc/pgcc/internal/pgserver"
 	"github.com/pgcc/pgcc/internal/secret"
+	"github.com/pgcc/pgcc/pgcctest"
 )
 
 // connect opens a pool of at most maxConns connections on the database the flags and environment name:
@@ -24,11 +25,11 @@ func connect(ctx context.Context, dsn string, getenv func(string) string, maxCon
 		dsn, where = pgserver.LocalDSN, "local server "+pgserver.LocalAddr
 	default:
 		var cerr error
-		dsn, release, cerr = pgserver.StartContainer(ctx)
+		dsn, release, cerr = pgcctest.StartContainer(ctx)
 		if cerr != nil {
 			return nil, "", nil, fmt.Errorf("no database: set DATABASE_URL or -dsn, run PostgreSQL on %s, or start a Docker engine (%v)", pgserver.LocalAddr, cerr)
 		}
-		where = "testcontainers " + pgserver.ContainerImage
+		where = "testcontainers " + pgcctest.ContainerImage
 	}
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -154,32 +152,6 @@ func TestCancel(t *testing.T) {
 	var n int
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgcc_bench_%'`).Scan(&n); err != nil || n != 0 {
 		t.Errorf("scratch schemas left: %d, %v", n, err)
-	}
-}
-
-func TestPlotsPNG(t *testing.T) {
-	t.Parallel()
-	rep := &bench.Report{}
-	rep.Config.Workloads = []bench.Workload{bench.Hot}
-	rep.Config.Strategies = []bench.Strategy{bench.Optimistic, bench.Pessimistic}
-	for _, w := range []int{1, 8, 32} {
-		rep.Cells = append(rep.Cells,
-			bench.Cell{Workload: bench.Hot, Strategy: bench.Optimistic, Workers: w, Goodput: 1000 / float64(w), P99: float64(w)},
-			bench.Cell{Workload: bench.Hot, Strategy: bench.Pessimistic, Workers: w, Goodput: 900, P99: float64(w) / 2})
-	}
-	dir := t.TempDir()
-	files, err := rep.WritePlots(dir, "png")
-	if err != nil || len(files) != 2 {
-		t.Fatalf("files %v, err %v", files, err)
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) {
-			t.Errorf("%s is not a PNG (%v)", filepath.Base(f), err)
-		}
-	}
-	if _, err := rep.WritePlots(dir, "gif"); !errors.Is(err, bench.ErrInvalidConfig) {
-		t.Errorf("gif: err = %v", err)
 	}
 }
 

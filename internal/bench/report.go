@@ -5,22 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
-	"gonum.org/v1/plot/vg"
 )
 
 // Report is the outcome of [Run]: the machine, the configuration and one cell per workload × strategy ×
@@ -187,84 +180,6 @@ func ReadReport(r io.Reader) (*Report, error) {
 		return nil, fmt.Errorf("pgcc bench: read report: no cells")
 	}
 	return &rep, nil
-}
-
-// WritePlots writes two plots per workload into dir: goodput and p99 latency against workers, one line per
-// strategy. format is "png" or "svg". It returns the files written.
-func (r *Report) WritePlots(dir, format string) ([]string, error) {
-	if format != "png" && format != "svg" {
-		return nil, fmt.Errorf("%w: plot format %q: want png or svg", ErrInvalidConfig, format)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	var files []string
-	for _, w := range r.Config.Workloads {
-		for _, m := range []struct {
-			name, title, unit string
-			value             func(Cell) float64
-		}{
-			{"throughput", "committed operations per second", "ops/s", func(c Cell) float64 { return c.Goodput }},
-			{"p99", "p99 latency of committed operations", "ms (log scale)", func(c Cell) float64 { return max(c.P99, 0.01) }},
-		} {
-			p := plot.New()
-			p.Title.Text = fmt.Sprintf("%s: %s", w, m.title)
-			p.X.Label.Text = "workers (log scale)"
-			p.Y.Label.Text = m.unit
-			p.Legend.Top = true
-			var lines []any
-			for _, st := range r.Config.Strategies {
-				var pts plotter.XYs
-				for _, c := range r.Cells {
-					if c.Workload == w && c.Strategy == st {
-						pts = append(pts, plotter.XY{X: float64(c.Workers), Y: m.value(c)})
-					}
-				}
-				sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
-				if len(pts) > 0 {
-					lines = append(lines, string(st), pts)
-				}
-			}
-			if len(lines) == 0 {
-				continue
-			}
-			if err := plotutil.AddLinePoints(p, lines...); err != nil {
-				return files, err
-			}
-			if m.name == "p99" {
-				// Latencies span milliseconds to seconds: a log scale keeps the fast strategies readable, and
-				// the legend goes top left, away from the slowest lines at many workers.
-				p.Y.Scale = plot.LogScale{}
-				p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-				p.Y.Min = math.Max(p.Y.Min/2, 0.01)
-				p.Y.Max *= 4
-				p.Legend.Left = true
-			} else {
-				p.Y.Min = 0
-				// Room above the lines for the legend.
-				p.Y.Max *= 1.3
-			}
-			p.X.Scale = plot.LogScale{}
-			var workers []int
-			for _, c := range r.Cells {
-				if c.Workload == w && !slices.Contains(workers, c.Workers) {
-					workers = append(workers, c.Workers)
-				}
-			}
-			var ticks []plot.Tick
-			for _, n := range workers {
-				ticks = append(ticks, plot.Tick{Value: float64(n), Label: fmt.Sprint(n)})
-			}
-			p.X.Tick.Marker = plot.ConstantTicks(ticks)
-			p.X.Min, p.X.Max = float64(slices.Min(workers))*0.8, float64(slices.Max(workers))*1.25
-			path := filepath.Join(dir, fmt.Sprintf("%s-%s.%s", w, m.name, format))
-			if err := p.Save(7*vg.Inch, 4.5*vg.Inch, path); err != nil {
-				return files, fmt.Errorf("pgcc bench: write %s: %w", path, err)
-			}
-			files = append(files, path)
-		}
-	}
-	return files, nil
 }
 
 func sum(m map[string]int64) int64 {

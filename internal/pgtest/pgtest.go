@@ -51,7 +51,8 @@ import (
 
 	"github.com/pgcc/pgcc/internal/leakcheck"
 	"github.com/pgcc/pgcc/internal/pgserver"
-	"github.com/pgcc/pgcc/migrations"
+	"github.com/pgcc/pgcc/internal/schema"
+	"github.com/pgcc/pgcc/internal/secret"
 )
 
 // EnvDatabaseURL names the environment variable that points the tests at a server.
@@ -201,9 +202,14 @@ func (h *harness) buildTemplate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// migrations.UpDSN closes its pool before returning, so no session remains on the template and
-	// CREATE DATABASE … TEMPLATE can copy it.
-	return migrations.UpDSN(ctx, dsn)
+	// The connection is closed before returning, so no session remains on the template and CREATE DATABASE
+	// … TEMPLATE can copy it.
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return schema.Apply(ctx, conn)
 }
 
 func (h *harness) nextName() string {
@@ -322,12 +328,12 @@ func findServer(ctx context.Context) (dsn, source string, release func(), err er
 // pgx reads; in the second, a later keyword overrides an earlier one.
 func withDatabase(dsn, name string) (string, error) {
 	if _, err := pgx.ParseConfig(dsn); err != nil {
-		return "", fmt.Errorf("parse %s: %w", EnvDatabaseURL, err)
+		return "", fmt.Errorf("%s: %w", EnvDatabaseURL, secret.ParseError(err))
 	}
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
 		u, err := url.Parse(dsn)
 		if err != nil {
-			return "", fmt.Errorf("parse %s: %w", EnvDatabaseURL, err)
+			return "", fmt.Errorf("%s: %w", EnvDatabaseURL, secret.ParseError(err))
 		}
 		u.Path = "/" + name
 		u.RawPath = ""
