@@ -28,7 +28,9 @@ func proxied(t *testing.T, configure ...func(*pgxpool.Config)) (*pgtest.DB, *pgf
 	proxy, dsn := pgfailtest.New(t, db.DSN)
 	through := &pgtest.DB{Name: db.Name, DSN: dsn}
 	// A pooled connection idle for a second is pinged before use; the tests want the broken ones used.
-	noPing := func(c *pgxpool.Config) { c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false } }
+	noPing := func(c *pgxpool.Config) {
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	}
 	return db, proxy, through, through.Pool(t, append([]func(*pgxpool.Config){noPing}, configure...)...)
 }
 
