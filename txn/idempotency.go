@@ -33,23 +33,24 @@ const probeGrace = 250 * time.Millisecond
 // purgeBatch is how many expired keys one statement of PurgeIdempotencyKeys deletes.
 const purgeBatch = 10000
 
-// keyInsert renders the INSERT that records key, less the attempt number and the closing parenthesis, which
-// keyedBeginQuery appends. It is sent in one simple-protocol message with BEGIN, which takes no parameters: the
-// key travels hex-encoded (only the characters 0-9a-f are spliced, never the caller's text) and is decoded by
-// the server, and the retention is an integer formatted here.
+// keyInsert renders the INSERT that records key, up to the attempt number, which keyedBeginQuery appends with
+// the rest. It is sent in one simple-protocol message with BEGIN, which takes no parameters: the key travels
+// hex-encoded (only the characters 0-9a-f are spliced, never the caller's text) and is decoded by the server,
+// and the retention is an integer formatted here.
 func keyInsert(key string, retention time.Duration) string {
-	return "INSERT INTO " + keyTable + " (key, expires_at, attempt) VALUES (convert_from(decode('" +
+	return "INSERT INTO " + keyTable + " (key, expires_at, attempt) SELECT convert_from(decode('" +
 		hex.EncodeToString([]byte(key)) + "', 'hex'), 'UTF8'), now() + interval '" +
 		strconv.FormatInt(millis(retention), 10) + " milliseconds', "
 }
 
-// keyedBeginQuery is the BEGIN of one attempt carrying the idempotency key: BEGIN and its SET LOCALs, a
-// transaction-scoped advisory lock on the attempt's number, by which a later look-up can find this
-// transaction's backend in pg_locks (its real process id, even behind a pooler), and the key's INSERT. One
-// message, one round trip.
+// keyedBeginQuery is the BEGIN of one attempt carrying the idempotency key: BEGIN and its SET LOCALs, then the
+// key's INSERT, which also takes a transaction-scoped advisory lock on the attempt's number, by which a later
+// look-up can find this transaction's backend in pg_locks (its real process id, even behind a pooler). One
+// message, one round trip, and no result set to read.
 func (c *config) keyedBeginQuery(attempt int64) string {
 	id := strconv.FormatInt(attempt, 10)
-	return c.beginQuery + "; SELECT pg_try_advisory_xact_lock(" + id + "); " + c.keyInsert + id + ")"
+	return c.beginQuery + "; " + c.keyInsert + id +
+		" FROM (SELECT pg_try_advisory_xact_lock(" + id + ") AS locked) AS attempt_lock WHERE locked IS NOT NULL"
 }
 
 // newAttemptID returns a random number naming one attempt, never zero (the look-up's own rows use zero).
