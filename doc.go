@@ -1,8 +1,9 @@
 // Package pgcc is the shared vocabulary of a library that gives service code on PostgreSQL correct
 // concurrency control, on native pgx v5. It holds no SQL; the work is done by its subpackages:
 //
-//   - [github.com/pgcc/pgcc/txn]: transactions that retry what PostgreSQL reports as retryable
-//     (serialization failures, deadlocks) and surface everything else.
+//   - [github.com/pgcc/pgcc/txn]: transactions that retry what certainly did not commit and may succeed
+//     if run again (serialization failures, deadlocks, a connection lost before COMMIT), settle a lost
+//     COMMIT reply with an idempotency key, and surface everything else.
 //   - [github.com/pgcc/pgcc/repo]: optimistic concurrency, a version-column compare-and-swap on typed
 //     tables, with conflict errors that say which table, key and versions.
 //   - [github.com/pgcc/pgcc/lock]: pessimistic concurrency: row locks and advisory locks, with errors that

@@ -5,8 +5,9 @@
 // "pgcc"."schema_migrations" ([VersionTable]). A service that manages its own schema with golang-migrate keeps
 // its own "public"."schema_migrations" and its own migration lock; the two never see each other.
 //
-// Only leases (package lease) and idempotency keys (txn.WithIdempotencyKey) need these objects; row locks,
-// advisory locks, optimistic updates and retrying transactions work on any database without them.
+// Two features need these objects: leases (package lease, the table "pgcc"."leases") and idempotency keys
+// (txn.WithIdempotencyKey, the table "pgcc"."idempotency_keys"). Row locks, advisory locks, optimistic updates
+// and retrying transactions without a key work on any database without them.
 //
 // migrations is a Go module of its own (github.com/pgcc/pgcc/migrations), so that golang-migrate and its
 // dependencies enter the module graph only of a service that imports it.
@@ -86,7 +87,8 @@ func UpDSN(ctx context.Context, dsn string) error {
 }
 
 // Down reverts the most recently applied migration, one step, as golang-migrate's "down 1". Reverting the
-// first migration drops the lease table and with it every lease. It returns nil when nothing is applied.
+// second migration drops the idempotency keys (every key is forgotten), reverting the first the lease table
+// and with it every lease. It returns nil when nothing is applied.
 func Down(ctx context.Context, pool *pgxpool.Pool) error {
 	return run(ctx, pool, func(m *migrate.Migrate) error {
 		if _, _, err := m.Version(); errors.Is(err, migrate.ErrNilVersion) {

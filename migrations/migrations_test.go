@@ -123,11 +123,11 @@ func TestDownAllTheWayAndUpAgain(t *testing.T) {
 		}
 	}
 	var exists bool
-	if err := pool.QueryRow(ctx, "SELECT to_regclass('pgcc.leases') IS NOT NULL").Scan(&exists); err != nil {
+	if err := pool.QueryRow(ctx, "SELECT to_regclass('pgcc.leases') IS NOT NULL OR to_regclass('pgcc.idempotency_keys') IS NOT NULL").Scan(&exists); err != nil {
 		t.Fatal(err)
 	}
 	if exists {
-		t.Fatal("lease table still there after every migration was reverted")
+		t.Fatal("lease or idempotency key table still there after every migration was reverted")
 	}
 	if v, _, err := migrations.Version(ctx, pool); err != nil || v != 0 {
 		t.Fatalf("Version = %d, %v; want 0", v, err)

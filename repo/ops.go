@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/pgfail"
 	"github.com/pgcc/pgcc/txn"
 )
 
@@ -85,7 +86,8 @@ func (t *Table[T]) Insert(ctx context.Context, db pgcc.DBTX, row *T) error {
 // sees the newest committed version even where the UPDATE's snapshot could not) and Update returns a
 // [*pgcc.ConflictError] (errors.Is [pgcc.ErrConflict]) with the version found, or with Deleted set when the row is
 // gone. row is then unchanged. A row whose version is zero is refused with [ErrNoVersion] and nothing is sent.
-// ctx governs both statements.
+// Outside a transaction, a write whose connection failed after it was sent is a [*pgcc.CommitUnknownError]
+// (it may have been applied; row is unchanged). ctx governs both statements.
 func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T) error {
 	return t.write(ctx, db, row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, true)
 }
@@ -154,7 +156,11 @@ func (t *Table[T]) send(ctx context.Context, db pgcc.DBTX, row *T, op, sql strin
 	args = append(args, expected)
 	written, version, err := t.exec(ctx, db, sql, args, bumps)
 	if err != nil {
-		return false, expected, fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err)
+		err = fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err)
+		if _, inTx := db.(pgx.Tx); !inTx && pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
+			err = &pgcc.CommitUnknownError{Attempts: 1, Err: err} // autocommitted, and it may have been applied
+		}
+		return false, expected, err
 	}
 	if written && bumps {
 		if t.d.kind == VersionCounter {
@@ -238,7 +244,9 @@ func (t *Table[T]) Check(ctx context.Context, db pgcc.DBTX, tag pgconn.CommandTa
 // [txn.DefaultMaxAttempts]), jittered backoff ([txn.WithBackoff]) and the context's deadline. By default it
 // retries [pgcc.ErrConflict] and, when db is not a transaction, what [txn.Retryable] accepts; inside a pgx.Tx a
 // serialization failure or deadlock aborts the transaction, so it is returned for the owner of the
-// transaction (say, an enclosing [txn.Run]) to retry. [txn.RetryIf] replaces that decision.
+// transaction (say, an enclosing [txn.Run]) to retry. On a pool it also retries a connection failure, the next
+// attempt getting another connection, but never a write whose outcome is unknown ([pgcc.ErrCommitUnknown]).
+// [txn.RetryIf] replaces that decision.
 //
 // fn's own error is returned unchanged and ends the loop. When attempts run out, the error is a
 // *pgcc.RetriesExhaustedError, for which errors.Is(err, pgcc.ErrConflict) still holds. A missing row is a
@@ -255,6 +263,8 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 	retry := retryConflictOrRetryable
 	if _, inTx := db.(pgx.Tx); inTx {
 		retry = retryConflict
+	} else if pgfail.Reconnects(db) {
+		retry = retryConflictRetryableOrLost
 	}
 	all := make([]txn.Option, 0, len(opts)+1)
 	all = append(append(all, txn.RetryIf(retry)), opts...)
@@ -306,6 +316,12 @@ func retryConflict(err error) bool { return errors.Is(err, pgcc.ErrConflict) }
 
 func retryConflictOrRetryable(err error) bool {
 	return errors.Is(err, pgcc.ErrConflict) || txn.Retryable(err)
+}
+
+// retryConflictRetryableOrLost also retries a connection failure on a pool, whose next attempt gets another
+// connection: a read that failed wrote nothing. A write whose outcome is unknown is never retried.
+func retryConflictRetryableOrLost(err error) bool {
+	return retryConflictOrRetryable(err) || !errors.Is(err, pgcc.ErrCommitUnknown) && pgfail.ConnectionFailed(err)
 }
 
 func (t *Table[T]) keyCountError(got int) error {

@@ -1,5 +1,5 @@
-// Package txn runs PostgreSQL transactions that retry the conflicts PostgreSQL reports and surface everything
-// else to the caller.
+// Package txn runs PostgreSQL transactions that retry what certainly did not commit and may succeed if run
+// again, find out (or say) when a commit's outcome is unknown, and surface everything else to the caller.
 //
 // # Running a transaction
 //
@@ -22,21 +22,46 @@
 // Run runs it again: a fresh BEGIN, fn, COMMIT, after a jittered exponential backoff ([Backoff]), up to
 // [DefaultMaxAttempts] attempts unless [WithMaxAttempts] says otherwise. [Retryable] is the classifier;
 // [RetryLockNotAvailable] adds 55P03 (lock_not_available, from NOWAIT or lock_timeout); [RetryIf] replaces
-// the decision. An error pgx proves never reached the server (pgconn.SafeToRetry) is retried too. Everything
-// else, including fn's own errors, is returned at once and unchanged.
+// the decision.
+//
+// On a pool, a transaction whose connection failed before COMMIT was sent (a terminated backend, a reset,
+// SQLSTATE class 08 or 57P01-57P03, a server restarting and refusing connections, a server that has become
+// read-only) certainly did not commit, and is retried on a fresh connection under the same policy. On a
+// single connection, which cannot be replaced, it is a [*pgcc.ConnectionLostError]. The defaults absorb an
+// outage of about 1.1 s; [UnlimitedAttempts] with a context deadline waits longer. Everything else, fn's own
+// errors included, is returned at once and unchanged.
 //
 // Only the outermost transaction retries: a conflict aborts the whole transaction, so a savepoint cannot
-// recover from it.
+// recover from it. A nested Run given options that shape a transaction refuses them, and [Outermost] asserts
+// that a Run is not nested at all.
+//
+// # When the commit may have happened
+//
+// When the connection fails while COMMIT is in flight, the transaction may have committed. Run never retries
+// that on its own (and never takes pgx's SafeToRetry as proof that COMMIT was not sent). With
+// [WithIdempotencyKey] the key, written by the transaction itself at no extra round trip, settles it: Run
+// looks it up and returns nil if the attempt committed, retries if it did not, and refuses a key that already
+// committed with [*pgcc.AlreadyAppliedError]. Without a key Run returns [*pgcc.CommitUnknownError], unless fn
+// is declared [Idempotent]. [PurgeIdempotencyKeys] deletes expired keys.
+//
+// # Hooks
+//
+// [AfterCommit] registers a function to run once the outermost transaction committed (after a lost COMMIT
+// reply, only once the key showed that it did); [AfterRollback] one to run when the transaction or savepoint
+// rolls back, before a retry, or when the outcome stays unknown.
 //
 // # Errors
 //
 // Sentinels (package pgcc) for errors.Is and types for errors.As, each unwrapping to the underlying
-// *pgconn.PgError:
-//   - [pgcc.ErrRetriesExhausted], [*pgcc.RetriesExhaustedError]: every attempt conflicted; it says how many
-//     were made, and matches the last attempt's condition too ([pgcc.ErrSerialization],
-//     [pgcc.ErrDeadlock], …).
+// *pgconn.PgError or connection error:
+//   - [pgcc.ErrRetriesExhausted], [*pgcc.RetriesExhaustedError]: every attempt failed retryably; it says how
+//     many were made, and matches the last attempt's condition too ([pgcc.ErrSerialization],
+//     [pgcc.ErrDeadlock], [pgcc.ErrConnectionLost], …).
 //   - [pgcc.ErrCommitUnknown], [*pgcc.CommitUnknownError]: the connection failed while COMMIT was in
-//     flight, so the transaction may have committed. It is not retried unless fn is declared [Idempotent].
+//     flight and nothing settled whether the transaction committed.
+//   - [pgcc.ErrConnectionLost], [*pgcc.ConnectionLostError]: a single connection failed before COMMIT;
+//     nothing was committed.
+//   - [pgcc.ErrAlreadyApplied], [*pgcc.AlreadyAppliedError]: the idempotency key has already committed.
 //   - [*pgcc.InterruptedError]: the context ended; errors.Is(err, context.Canceled) or
 //     errors.Is(err, context.DeadlineExceeded) holds, and the last conflict is still reachable.
 //   - [pgcc.ErrInvalidArgument]: an option that cannot be honoured; nothing was sent.
@@ -46,5 +71,6 @@
 // unchanged.
 //
 // docs/architecture.md shows where txn sits among the other packages, and docs/transactions.md has the
-// rules in full.
+// rules in full: the table of failures, the outage figures, the idempotency key's workings, and why
+// pg_xact_status is not used.
 package txn

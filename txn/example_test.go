@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/txn"
 )
 
@@ -133,4 +134,90 @@ func ExampleRetry() {
 	// attempt 1 failed: busy
 	// attempt 2 failed: busy
 	// <nil> 3
+}
+
+// An idempotency key makes a transaction apply once however often the request behind it is retried: the
+// HTTP Idempotency-Key pattern. The key is recorded by the transaction itself (no extra round trip); a second
+// run with the same key is refused with ErrAlreadyApplied, and a lost COMMIT reply is settled by looking the
+// key up. It needs pgcc's migrations (the table pgcc.idempotency_keys).
+func ExampleWithIdempotencyKey() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("PGCC_EXAMPLE_DATABASE_URL"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer pool.Close()
+	_, err = pool.Exec(ctx, `
+		DROP TABLE IF EXISTS example_key_payments;
+		CREATE TABLE example_key_payments (id serial PRIMARY KEY, amount bigint NOT NULL);
+		DELETE FROM pgcc.idempotency_keys WHERE key LIKE 'payment:%'`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer pool.Exec(ctx, "DROP TABLE example_key_payments")
+
+	// handle is what a POST /payments handler would do with the request's Idempotency-Key header.
+	handle := func(requestKey string, amount int64) string {
+		err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, "INSERT INTO example_key_payments (amount) VALUES ($1)", amount)
+			return err
+		}, txn.WithIdempotencyKey("payment:"+requestKey))
+		var applied *pgcc.AlreadyAppliedError
+		switch {
+		case err == nil:
+			return "201 Created"
+		case errors.As(err, &applied):
+			return "201 Created (replayed: applied once, earlier)"
+		case errors.Is(err, pgcc.ErrCommitUnknown):
+			return "503 Service Unavailable (retry with the same key)"
+		default:
+			return "500 " + err.Error()
+		}
+	}
+
+	fmt.Println(handle("7f3c", 250))
+	fmt.Println(handle("7f3c", 250)) // the client retried: same key
+	var n int
+	_ = pool.QueryRow(ctx, "SELECT count(*) FROM example_key_payments").Scan(&n)
+	fmt.Println("payments:", n)
+	// Output:
+	// 201 Created
+	// 201 Created (replayed: applied once, earlier)
+	// payments: 1
+}
+
+// AfterCommit runs a side effect once, after the commit, never for an attempt that was rolled back and
+// retried.
+func ExampleAfterCommit() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("PGCC_EXAMPLE_DATABASE_URL"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer pool.Close()
+
+	attempt := 0
+	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		attempt++
+		fmt.Println("attempt", attempt)
+		if err := txn.AfterCommit(tx, func(context.Context) { fmt.Println("published: order 42 placed") }); err != nil {
+			return err
+		}
+		if attempt == 1 {
+			// A serialization failure, as a concurrent transaction would cause: the attempt is rolled back,
+			// its hook dropped, and the transaction run again.
+			_, err := tx.Exec(ctx, "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$")
+			return err
+		}
+		return nil
+	}, txn.WithBackoff(txn.Backoff{Base: time.Millisecond}))
+	fmt.Println(err)
+	// Output:
+	// attempt 1
+	// attempt 2
+	// published: order 42 placed
+	// <nil>
 }

@@ -23,13 +23,19 @@ type managed struct {
 
 // AfterCommit registers fn to run once the outermost transaction that tx belongs to has committed: after
 // COMMIT succeeded, on the goroutine that called [Run], before Run returns. tx must be the pgx.Tx that Run
-// gave its function, or one a nested Run gave (a savepoint).
+// gave its function, or one a nested Run gave (a savepoint). It is Django's transaction.on_commit: the place
+// for side effects that must follow the commit and never precede it (publish an event, send an e-mail, fill
+// a cache).
 //
 // A hook belongs to the attempt that registered it: when the attempt is rolled back and retried, its hooks are
 // dropped and the retry registers its own, so each hook runs at most once, and only for the attempt that
-// committed. A hook registered in a savepoint (a nested Run) is dropped if the savepoint rolls back. Hooks run
-// in the order they were registered; a hook that panics does not undo the commit and does not stop the hooks
-// after it: every hook runs, and then the first panic continues from Run. ctx is Run's context.
+// committed. A hook registered in a savepoint (a nested Run) is dropped if the savepoint rolls back. When
+// COMMIT's answer is lost, the hooks wait for the outcome: they run if the idempotency key
+// ([WithIdempotencyKey]) shows that the attempt committed, and are dropped otherwise, including when the
+// outcome stays unknown (Run then returns [pgcc.ErrCommitUnknown]; nothing tells whether their side effects
+// are due, so none is done twice). Hooks run in the order they were registered; a hook that panics does not
+// undo the commit and does not stop the hooks after it: every hook runs, and then the first panic continues
+// from Run. ctx is Run's context.
 //
 // It returns an error matching [pgcc.ErrInvalidArgument] when tx did not come from Run.
 func AfterCommit(tx pgx.Tx, fn func(ctx context.Context)) error {
@@ -51,8 +57,14 @@ func AfterCommit(tx pgx.Tx, fn func(ctx context.Context)) error {
 // fn's error, a panic, a failed COMMIT, or before a retry. It is how in-memory state changed inside the
 // transaction (a version bumped by a write, a cache entry) is put back when the database forgets the change.
 // Hooks run in the reverse order of registration. A hook registered in a savepoint that was released runs
-// if the enclosing transaction rolls back later. tx must be a pgx.Tx that [Run] gave; otherwise the error
-// matches [pgcc.ErrInvalidArgument].
+// if the enclosing transaction rolls back later.
+//
+// When COMMIT's answer is lost, the rollback hooks run unless the idempotency key shows that the attempt
+// committed, so also when the outcome stays unknown: they then restore the state of a transaction that may,
+// in fact, have committed. For the state they are meant for that is safe: a version put back to its old value
+// makes the next compare-and-swap write conflict and re-read, while a version left bumped by a transaction
+// that did not commit would be a false conflict forever. A hook for which that is not safe must not be a
+// rollback hook. tx must be a pgx.Tx that [Run] gave; otherwise the error matches [pgcc.ErrInvalidArgument].
 func AfterRollback(tx pgx.Tx, fn func()) error {
 	m, err := managedOf(tx, "AfterRollback")
 	if err != nil {

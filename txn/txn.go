@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/pgfail"
 )
 
 // txBeginner is the part of a pool or connection that can start a transaction with options.
@@ -18,7 +19,13 @@ type txBeginner interface {
 	BeginTx(ctx context.Context, txOptions pgx.TxOptions) (pgx.Tx, error)
 }
 
+// acquirer is a pool: each Acquire may give a fresh connection.
+type acquirer interface {
+	Acquire(ctx context.Context) (*pgxpool.Conn, error)
+}
+
 var (
+	_ acquirer   = (*pgxpool.Pool)(nil)
 	_ txBeginner = (*pgxpool.Pool)(nil)
 	_ txBeginner = (*pgxpool.Conn)(nil)
 	_ txBeginner = (*pgx.Conn)(nil)
@@ -37,23 +44,42 @@ const rollbackTimeout = 5 * time.Second
 // everything it does through tx is rolled back before a retry, but side effects outside the database are
 // not. A retry starts from a fresh transaction, so fn must re-read what it decides on.
 //
+// On a pool (a *pgxpool.Pool, or a type embedding one), a transaction that certainly did not commit because
+// its connection failed before COMMIT was sent (a terminated backend, a reset, SQLSTATE class 08, 57P01,
+// 57P02, 57P03) is retried on a fresh connection under the same policy, and so are failures to connect or
+// BEGIN while the server restarts, and a write refused by a server that has become read-only (SQLSTATE 25006
+// in a transaction not begun [ReadOnly]: that connection is closed, so that the pool opens a new one). On a
+// single connection (a *pgx.Conn or *pgxpool.Conn), which cannot be replaced, such a failure is returned as a
+// [*pgcc.ConnectionLostError].
+//
+// A COMMIT that was, or may have been, sent and got no answer has an unknown outcome. Run never retries it
+// on its own: it returns a [*pgcc.CommitUnknownError], unless the transaction carries an idempotency key
+// ([WithIdempotencyKey]), with which Run finds out, or fn is declared [Idempotent].
+//
 // When db is a pgx.Tx, Run is nested: fn runs in a savepoint (SAVEPOINT … RELEASE), an error rolls back to
 // the savepoint and leaves the outer transaction usable, and nothing is retried, since a conflict aborts the
-// outer transaction, which only its owner can retry. Options that shape a transaction (isolation, access
-// mode, timeouts, retries) belong to the outermost call and are ignored in a nested one.
+// outer transaction, which only its owner can retry. Options belong to the outermost call: a nested Run given
+// any (isolation, access mode, timeouts, retry policy, idempotency key) returns an error matching
+// [pgcc.ErrInvalidArgument] that names them, and with [Outermost] it refuses to nest at all.
 //
-// ctx governs every statement (BEGIN, fn's queries if fn passes it on, COMMIT) and the sleeps between
-// attempts: when it ends, Run returns promptly with an [*pgcc.InterruptedError]. Run never starts a sleep that
-// would end past ctx's deadline; it returns at once instead.
+// ctx governs every statement (BEGIN, fn's queries if fn passes it on, COMMIT, the look-up of an idempotency
+// key) and the sleeps between attempts: when it ends, Run returns promptly with an [*pgcc.InterruptedError].
+// Run never starts a sleep that would end past ctx's deadline; it returns at once instead.
 //
 // Errors, besides fn's own:
-//   - [*pgcc.RetriesExhaustedError] (errors.Is [pgcc.ErrRetriesExhausted]) when the last attempt failed retryably;
+//   - [*pgcc.RetriesExhaustedError] (errors.Is [pgcc.ErrRetriesExhausted]) when the last attempt failed
+//     retryably; it also matches that attempt's condition ([pgcc.ErrSerialization], [pgcc.ErrConnectionLost], …);
 //   - [*pgcc.InterruptedError] when ctx ended;
-//   - [*pgcc.CommitUnknownError] (errors.Is [pgcc.ErrCommitUnknown]) when COMMIT was sent but no answer came;
+//   - [*pgcc.CommitUnknownError] (errors.Is [pgcc.ErrCommitUnknown]) when COMMIT was sent but no answer came
+//     and no idempotency key settled the outcome;
+//   - [*pgcc.ConnectionLostError] (errors.Is [pgcc.ErrConnectionLost]) when the single connection given failed
+//     before COMMIT: nothing was committed;
+//   - [*pgcc.AlreadyAppliedError] (errors.Is [pgcc.ErrAlreadyApplied]) when the idempotency key has already
+//     committed;
 //   - an error matching [pgcc.ErrInvalidArgument] for an option that cannot be honoured.
 //
 // The happy path costs what hand-written pgx costs: BEGIN, fn's statements, COMMIT, with lock and statement
-// timeouts sent in the same round trip as BEGIN.
+// timeouts and the idempotency key sent in the same round trip as BEGIN.
 func Run(ctx context.Context, db pgcc.Beginner, fn func(ctx context.Context, tx pgx.Tx) error, opts ...Option) error {
 	cfg, err := newConfig(opts)
 	if err != nil {
@@ -63,14 +89,17 @@ func Run(ctx context.Context, db pgcc.Beginner, fn func(ctx context.Context, tx 
 		return fmt.Errorf("%w: Run needs a database handle and a function (got %T, fn nil: %v)", pgcc.ErrInvalidArgument, db, fn == nil)
 	}
 	if tx, ok := db.(pgx.Tx); ok {
+		if err := cfg.nestedError(); err != nil {
+			return err
+		}
 		return nested(ctx, tx, fn)
 	}
-	begin, err := beginner(db, cfg)
-	if err != nil {
+	r := runner{cfg: cfg, db: db, reconnects: pgfail.Reconnects(db)}
+	if err := r.init(); err != nil {
 		return err
 	}
-	return loop(ctx, cfg, func(ctx context.Context) (outcome, error) {
-		return attempt(ctx, begin, fn)
+	return loop(ctx, cfg, r.reconnects, func(ctx context.Context) (outcome, error) {
+		return r.attempt(ctx, fn)
 	})
 }
 
@@ -95,8 +124,11 @@ func RunValue[T any](ctx context.Context, db pgcc.Beginner, fn func(ctx context.
 // Retry runs fn until it returns nil, with the policy of [Run]: the same attempts, backoff, context handling,
 // hooks and errors, deciding by [Retryable] or the predicate given with [RetryIf]. It is for operations that
 // are not one transaction, such as an optimistic read-modify-write whose write may conflict; fn is
-// responsible for its own statements. Options that shape a transaction (isolation, access mode, timeouts)
-// are rejected with [pgcc.ErrInvalidArgument].
+// responsible for its own statements, so Retry cannot know what a connection failure left behind and
+// retries one only if the predicate says so. An error of fn's matching [pgcc.ErrCommitUnknown] is never
+// passed to the predicate: it is returned (with its attempt number) unless [Idempotent] is given. Options
+// that shape a transaction (isolation, access mode, timeouts, idempotency key) are rejected with
+// [pgcc.ErrInvalidArgument].
 func Retry(ctx context.Context, fn func(ctx context.Context) error, opts ...Option) error {
 	cfg, err := newConfig(opts)
 	if err != nil {
@@ -105,13 +137,13 @@ func Retry(ctx context.Context, fn func(ctx context.Context) error, opts ...Opti
 	if fn == nil {
 		return fmt.Errorf("%w: Retry needs a function", pgcc.ErrInvalidArgument)
 	}
-	if cfg.hasTxSettings || cfg.hasLocalConfig {
-		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode and timeouts belong to Run", pgcc.ErrInvalidArgument)
+	if cfg.hasTxSettings || cfg.hasLocalConfig || cfg.key != "" || cfg.outermost {
+		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode, timeouts, idempotency keys and Outermost belong to Run", pgcc.ErrInvalidArgument)
 	}
-	return loop(ctx, cfg, func(ctx context.Context) (outcome, error) {
+	return loop(ctx, cfg, false, func(ctx context.Context) (outcome, error) {
 		err := fn(ctx)
-		if err != nil && pgconn.SafeToRetry(err) {
-			return notSent, err
+		if err != nil && errors.Is(err, pgcc.ErrCommitUnknown) {
+			return commitUnknown, err
 		}
 		return failed, err
 	})
@@ -122,12 +154,16 @@ type outcome int
 
 const (
 	failed        outcome = iota // retry if the predicate says so
-	notSent                      // pgx proves the failing statement never reached the server: safe to retry
-	commitUnknown                // COMMIT was sent and no answer came
+	lost                         // the connection failed before COMMIT was sent: retry on a fresh connection if there is one
+	readOnly                     // the server refused a write as read-only: retry on a fresh connection if there is one
+	commitUnknown                // COMMIT was sent and no answer came: retry only if fn is idempotent
+	unresolved                   // as commitUnknown, after an idempotency key could not settle it: never retried
+	final                        // a definite answer to return as it is
 )
 
-// loop is the retry policy shared by Run and Retry.
-func loop(ctx context.Context, cfg *config, try func(context.Context) (outcome, error)) error {
+// loop is the retry policy shared by Run and Retry. reconnects says whether a new attempt gets a new
+// connection, so that an attempt whose connection failed may be retried.
+func loop(ctx context.Context, cfg *config, reconnects bool, try func(context.Context) (outcome, error)) error {
 	var last error // the last retryable error, kept for an InterruptedError
 	for n := 1; ; n++ {
 		if ctx.Err() != nil {
@@ -137,19 +173,27 @@ func loop(ctx context.Context, cfg *config, try func(context.Context) (outcome, 
 		if err == nil {
 			return nil
 		}
-		err = pgcc.Classify(err)
 		var retry bool
 		switch kind {
+		case final:
+			return err
 		case commitUnknown:
-			err = &pgcc.CommitUnknownError{Attempts: n, Err: err}
+			err = commitUnknownError(err, n)
 			retry = cfg.idempotent
-		case notSent:
-			retry = true
+		case unresolved:
+			err = commitUnknownError(err, n)
+		case lost:
+			err = &pgcc.ConnectionLostError{Attempts: n, SingleConnection: !reconnects, Err: pgcc.Classify(err)}
+			retry = reconnects
+		case readOnly:
+			err = pgcc.Classify(err)
+			retry = reconnects
 		default:
+			err = pgcc.Classify(err)
 			retry = cfg.retryable(err)
 		}
 		if ctx.Err() != nil {
-			if kind == commitUnknown {
+			if kind == commitUnknown || kind == unresolved {
 				return err
 			}
 			if last != nil && causedByContext(err) {
@@ -179,6 +223,17 @@ func loop(ctx context.Context, cfg *config, try func(context.Context) (outcome, 
 	}
 }
 
+// commitUnknownError is err as the [*pgcc.CommitUnknownError] of attempt n. One fn already returned (an
+// autocommitted write of package repo, say) is copied with the attempt number of the loop.
+func commitUnknownError(err error, n int) error {
+	if cu, ok := err.(*pgcc.CommitUnknownError); ok {
+		c := *cu
+		c.Attempts = n
+		return &c
+	}
+	return &pgcc.CommitUnknownError{Attempts: n, Err: pgcc.Classify(err)}
+}
+
 // sleep waits for d or until ctx ends, whichever is first, and returns the context's cause in the second case.
 func sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
@@ -194,24 +249,58 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// beginner returns the function that starts the outermost transaction on db.
-func beginner(db pgcc.Beginner, cfg *config) (func(context.Context) (pgx.Tx, error), error) {
-	if b, ok := db.(txBeginner); ok {
-		opts := cfg.txOptions()
-		return func(ctx context.Context) (pgx.Tx, error) { return b.BeginTx(ctx, opts) }, nil
+// runner holds what the attempts of one Run share.
+type runner struct {
+	cfg        *config
+	db         pgcc.Beginner
+	reconnects bool          // each attempt gets a fresh connection (db is a pool)
+	txBegin    txBeginner    // db's BeginTx, nil when db has none
+	conn       *pgx.Conn     // db's connection when db is a single one, else nil
+	txOptions  pgx.TxOptions // the options of every BEGIN
+	keyed      bool          // the transaction records an idempotency key
+}
+
+// init checks db against the options and prepares the BEGIN.
+func (r *runner) init() error {
+	switch db := r.db.(type) {
+	case *pgx.Conn:
+		r.conn = db
+	case *pgxpool.Conn:
+		r.conn = db.Conn()
 	}
-	if cfg.hasTxSettings || cfg.hasLocalConfig {
-		return nil, fmt.Errorf("%w: %T has no BeginTx method, so isolation, access mode and timeouts cannot be applied", pgcc.ErrInvalidArgument, db)
+	if r.conn != nil && r.conn.PgConn().TxStatus() != 'I' {
+		return fmt.Errorf("%w: the connection given to Run is already in a transaction begun outside Run, which Run's COMMIT would end; pass that pgx.Tx instead", pgcc.ErrInvalidArgument)
 	}
-	return db.Begin, nil
+	if b, ok := r.db.(txBeginner); ok {
+		r.txBegin = b
+		r.txOptions = r.cfg.txOptions()
+	} else if r.cfg.hasTxSettings || r.cfg.hasLocalConfig || r.cfg.key != "" {
+		return fmt.Errorf("%w: %T has no BeginTx method, so isolation, access mode, timeouts and idempotency keys cannot be applied", pgcc.ErrInvalidArgument, r.db)
+	}
+	r.keyed = r.cfg.key != ""
+	return nil
+}
+
+func (r *runner) begin(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error) {
+	if r.txBegin != nil {
+		return r.txBegin.BeginTx(ctx, opts)
+	}
+	return r.db.Begin(ctx)
 }
 
 // attempt runs one BEGIN, fn, COMMIT. The deferred rollback also runs while a panic from fn unwinds.
-func attempt(ctx context.Context, begin func(context.Context) (pgx.Tx, error), fn func(context.Context, pgx.Tx) error) (outcome, error) {
-	raw, err := begin(ctx)
-	if err != nil {
-		return classify(err), err
+func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) error) (outcome, error) {
+	opts := r.txOptions
+	var attemptID int64
+	if r.keyed {
+		attemptID = newAttemptID()
+		opts.BeginQuery = r.cfg.keyedBeginQuery(attemptID)
 	}
+	raw, err := r.begin(ctx, opts)
+	if err != nil {
+		return r.beginFailed(ctx, err)
+	}
+	conn := raw.Conn()
 	tx := &managed{Tx: raw, outermost: true}
 	done := false
 	defer func() {
@@ -221,25 +310,95 @@ func attempt(ctx context.Context, begin func(context.Context) (pgx.Tx, error), f
 		}
 	}()
 	if err := fn(ctx, tx); err != nil {
-		return classify(err), err
+		return r.fnFailed(ctx, conn, err)
+	}
+	if conn.IsClosed() {
+		// fn let a statement's connection failure pass. COMMIT cannot be written to a closed connection: this
+		// is the proof that nothing committed.
+		return lost, errClosedBeforeCommit
+	}
+	if ctx.Err() != nil {
+		return failed, context.Cause(ctx) // no COMMIT sent; the deferred rollback ends the transaction
 	}
 	done = true // Commit closes tx whatever it returns.
-	if err := raw.Commit(ctx); err != nil {
-		tx.rolledBack()
-		if commitOutcomeUnknown(err) {
-			return commitUnknown, err
-		}
-		return classify(err), err
+	err = raw.Commit(ctx)
+	if err == nil {
+		tx.committed(ctx)
+		return failed, nil
 	}
-	tx.committed(ctx)
-	return failed, nil
+	if pgfail.Classify(err, pgfail.Commit) != pgfail.Unknown {
+		tx.rolledBack()
+		return failed, err
+	}
+	if !r.keyed {
+		tx.rolledBack()
+		return commitUnknown, err
+	}
+	res := r.resolve(ctx, conn, attemptID)
+	switch {
+	case res.committed:
+		tx.committed(ctx)
+		return failed, nil
+	case res.applied != nil:
+		tx.rolledBack()
+		return final, res.applied
+	case res.notCommitted:
+		tx.rolledBack()
+		return lost, err
+	default:
+		tx.rolledBack()
+		return unresolved, res.unresolvedError(err, r.cfg.key)
+	}
 }
 
-func classify(err error) outcome {
-	if pgconn.SafeToRetry(err) {
-		return notSent
+// errClosedBeforeCommit is the error of an attempt whose connection was found closed before COMMIT.
+var errClosedBeforeCommit = fmt.Errorf("the connection was closed before COMMIT was sent: %w", pgconn.ErrConnClosed)
+
+// beginFailed classifies an error of BEGIN (with the idempotency key's INSERT, when there is one).
+func (r *runner) beginFailed(ctx context.Context, err error) (outcome, error) {
+	if r.conn != nil && !r.conn.IsClosed() && r.conn.PgConn().TxStatus() != 'I' {
+		// A statement after BEGIN in the same message failed (the key's INSERT, a SET LOCAL) and left the
+		// caller's connection in the aborted transaction. A pool destroys such a connection on release.
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		_, _ = r.conn.Exec(closeCtx, "ROLLBACK")
+		cancel()
 	}
-	return failed
+	if r.keyed {
+		if kerr := r.keyBeginFailed(ctx, err); kerr != nil {
+			return final, kerr
+		}
+	}
+	switch {
+	case pgfail.ConnectionFailed(err):
+		return lost, err
+	case r.readOnlyServer(err):
+		return readOnly, err
+	}
+	return failed, err
+}
+
+// fnFailed classifies fn's error. A connection failure counts only when it is the transaction's own
+// connection that failed: an error fn got from another connection says nothing about this transaction.
+func (r *runner) fnFailed(ctx context.Context, conn *pgx.Conn, err error) (outcome, error) {
+	switch {
+	case conn.IsClosed() && pgfail.ConnectionFailed(err):
+		return lost, err
+	case r.readOnlyServer(err):
+		if r.reconnects {
+			// The server accepts no writes; a new connection may reach the one that does.
+			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+			defer cancel()
+			_ = conn.Close(closeCtx)
+		}
+		return readOnly, err
+	}
+	return failed, err
+}
+
+// readOnlyServer reports a write refused by a read-only server: SQLSTATE 25006 in a transaction that was not
+// begun READ ONLY.
+func (r *runner) readOnlyServer(err error) bool {
+	return !r.cfg.readOnly && pgfail.ReadOnlyServer(err)
 }
 
 // nested runs fn in a savepoint of tx.

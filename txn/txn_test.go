@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -804,5 +806,87 @@ func TestSwallowedErrorIsNotCommitUnknown(t *testing.T) {
 	})
 	if !errors.Is(err, pgx.ErrTxCommitRollback) || errors.Is(err, pgcc.ErrCommitUnknown) {
 		t.Fatalf("err = %v, want pgx.ErrTxCommitRollback", err)
+	}
+}
+
+// TestNestedRunRejectsTransactionOptions: options shape the outermost transaction only; a nested Run given
+// any says so, naming them, instead of ignoring them.
+func TestNestedRunRejectsTransactionOptions(t *testing.T) {
+	t.Parallel()
+	_, pool := setup(t, 1)
+	ctx := context.Background()
+	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		called := false
+		err := txn.Run(ctx, tx, func(context.Context, pgx.Tx) error { called = true; return nil },
+			txn.WithIsolation(pgx.Serializable), txn.WithLockTimeout(time.Second), txn.WithIdempotencyKey("k"))
+		if !errors.Is(err, pgcc.ErrInvalidArgument) || called {
+			t.Errorf("nested Run with options: err = %v, called %v; want ErrInvalidArgument", err, called)
+		}
+		for _, name := range []string{"WithIsolation", "WithLockTimeout", "WithIdempotencyKey"} {
+			if err == nil || !strings.Contains(err.Error(), name) {
+				t.Errorf("the error does not name %s: %v", name, err)
+			}
+		}
+		err = txn.Run(ctx, tx, func(context.Context, pgx.Tx) error { called = true; return nil }, txn.Outermost())
+		if !errors.Is(err, pgcc.ErrInvalidArgument) || called {
+			t.Errorf("nested Run with Outermost: err = %v, called %v; want ErrInvalidArgument", err, called)
+		}
+		return txn.Run(ctx, tx, increment) // without options a savepoint is fine
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := txn.Run(ctx, pool, increment, txn.Outermost()); err != nil {
+		t.Fatalf("Outermost on a pool: %v", err)
+	}
+	if got := count(t, pool, "SELECT balance FROM accounts WHERE id = 1"); got != 102 {
+		t.Errorf("balance %d, want 102", got)
+	}
+}
+
+// TestConnAlreadyInTransaction: Run's COMMIT would end a transaction it did not begin.
+func TestConnAlreadyInTransaction(t *testing.T) {
+	t.Parallel()
+	db, _ := setup(t, 1)
+	conn := db.Conn(t)
+	ctx := context.Background()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if err := txn.Run(ctx, conn, increment, txn.Outermost()); !errors.Is(err, pgcc.ErrInvalidArgument) {
+		t.Errorf("Run on a connection inside a transaction: %v, want ErrInvalidArgument", err)
+	}
+}
+
+// TestRetryReturnsCommitUnknown: Retry never retries an unknown outcome unless told the work is idempotent,
+// and reports it with the loop's attempt number.
+func TestRetryReturnsCommitUnknown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, idempotent := range []bool{false, true} {
+		calls := 0
+		opts := []txn.Option{txn.RetryIf(func(error) bool { return true }), txn.WithBackoff(txn.Backoff{Base: time.Microsecond})}
+		if idempotent {
+			opts = append(opts, txn.Idempotent())
+		}
+		err := txn.Retry(ctx, func(context.Context) error {
+			calls++
+			switch calls {
+			case 1:
+				return errors.New("retry me")
+			case 2:
+				return &pgcc.CommitUnknownError{Attempts: 1, Err: io.ErrUnexpectedEOF}
+			}
+			return nil
+		}, opts...)
+		var unknown *pgcc.CommitUnknownError
+		switch {
+		case idempotent && (err != nil || calls != 3):
+			t.Errorf("idempotent: err = %v after %d calls, want success on the third", err, calls)
+		case !idempotent && (!errors.As(err, &unknown) || unknown.Attempts != 2 || calls != 2):
+			t.Errorf("err = %v after %d calls, want *CommitUnknownError at attempt 2", err, calls)
+		}
 	}
 }

@@ -1,0 +1,172 @@
+package pgfail
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Class is what a failure means for the work it interrupted.
+type Class int
+
+const (
+	// Plain is an ordinary error with a known outcome: the server's ERROR answer to a statement, a value that
+	// could not be encoded, the caller's own error. Nothing about the connection is implied.
+	Plain Class = iota
+	// Aborted is a transaction that certainly did not commit because its connection failed, or could not be
+	// made, before COMMIT was sent. Run again on another connection, it may succeed.
+	Aborted
+	// Unknown is a COMMIT, or an autocommitted statement, that was or may have been written to the connection
+	// and got no answer: it may have committed.
+	Unknown
+)
+
+// String names the class for messages and tests.
+func (c Class) String() string {
+	switch c {
+	case Aborted:
+		return "aborted"
+	case Unknown:
+		return "unknown"
+	default:
+		return "plain"
+	}
+}
+
+// Phase is where a failure happened.
+type Phase int
+
+const (
+	// BeforeCommit is connecting, BEGIN, or any statement of a transaction before its COMMIT: nothing is
+	// committed yet, so a connection failure there is a certain abort.
+	BeforeCommit Phase = iota
+	// Commit is COMMIT itself, or a statement outside a transaction that commits as it completes (an
+	// autocommitted INSERT, UPDATE or DELETE).
+	Commit
+)
+
+// Classify says what err, raised at phase, means. At [BeforeCommit] a connection failure
+// ([ConnectionFailed]) is [Aborted]; at [Commit] it is [Unknown], and so is an interruption by the context
+// once the statement may have been sent, and SQLSTATE 40003 (statement_completion_unknown, CockroachDB's
+// ambiguous commit). An ERROR reported by the server is always [Plain]: it is the answer. For COMMIT the
+// caller must first rule out the provable "not sent" case itself: a connection already closed before COMMIT
+// was attempted is [BeforeCommit], since nothing of COMMIT could be written.
+func Classify(err error, phase Phase) Class {
+	if err == nil {
+		return Plain
+	}
+	if phase == BeforeCommit {
+		if ConnectionFailed(err) {
+			return Aborted
+		}
+		return Plain
+	}
+	if commitUnknown(err) {
+		return Unknown
+	}
+	return Plain
+}
+
+func commitUnknown(err error) bool {
+	if errors.Is(err, pgx.ErrTxCommitRollback) {
+		return false // COMMIT answered ROLLBACK: the server's definite answer
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// An ERROR is the server's answer: the statement failed, and a failed COMMIT rolled back. FATAL or PANIC,
+		// or a shutdown or connection code, is the server going away while it may have committed.
+		return pgErr.Code == pgerrcode.StatementCompletionUnknown || connectionCode(pgErr.Code) || fatal(pgErr)
+	}
+	if causedByContext(err) {
+		// pgx checks the context before writing anything and then says so with an error that is safe to retry;
+		// that is the one context error that proves nothing was sent. Any other came while the statement was,
+		// or may have been, on its way.
+		return !pgconn.SafeToRetry(err)
+	}
+	return ConnectionFailed(err)
+}
+
+// ConnectionFailed reports whether err says that the connection to the server failed or could not be made:
+// SQLSTATE class 08 (connection_exception), 57P01 (admin_shutdown: the backend was terminated), 57P02
+// (crash_shutdown), 57P03 (cannot_connect_now: the server is starting up or shutting down), a failure to
+// connect (*pgconn.ConnectError) that carries no other SQLSTATE (connection refused, a reset during the
+// handshake, a connect timeout), an I/O error (EOF, a reset, a broken pipe, any net.Error), or pgx's "conn
+// closed". A context's cancellation or deadline is not a connection failure, even though pgx closes the
+// connection to interrupt a statement. An authentication failure or a missing database (a ConnectError
+// carrying SQLSTATE 28P01 or 3D000) is not one either: trying again cannot help.
+func ConnectionFailed(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return connectionCode(pgErr.Code)
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	if causedByContext(err) {
+		return false
+	}
+	if errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	for _, errno := range []syscall.Errno{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.EPIPE} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadOnlyServer reports SQLSTATE 25006 (read_only_sql_transaction) in err: a write refused because the
+// transaction is read-only. In a transaction that was not begun READ ONLY it means the server itself accepts
+// no writes: a standby, or a primary demoted by a failover that a connection opened before (or a stale DNS
+// entry) still reaches. Nothing was committed, and a new connection may reach the new primary.
+func ReadOnlyServer(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.ReadOnlySQLTransaction
+}
+
+// Reconnects reports whether db can give each attempt a fresh connection: a *pgxpool.Pool, or anything that
+// has its Acquire method (a type embedding a pool). A *pgx.Conn or a *pgxpool.Conn is one connection, which
+// cannot be replaced when it fails.
+func Reconnects(db any) bool {
+	_, ok := db.(interface {
+		Acquire(ctx context.Context) (*pgxpool.Conn, error)
+	})
+	return ok
+}
+
+// connectionCode reports the SQLSTATEs that mean the connection, not the statement, failed.
+func connectionCode(code string) bool {
+	switch code {
+	case pgerrcode.AdminShutdown, pgerrcode.CrashShutdown, pgerrcode.CannotConnectNow:
+		return true
+	}
+	return pgerrcode.IsConnectionException(code)
+}
+
+func fatal(pgErr *pgconn.PgError) bool {
+	severity := pgErr.SeverityUnlocalized
+	if severity == "" {
+		severity = pgErr.Severity
+	}
+	return severity == "FATAL" || severity == "PANIC"
+}
+
+func causedByContext(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}

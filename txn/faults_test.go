@@ -1,0 +1,383 @@
+package txn_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/pgfail/pgfailtest"
+	"github.com/pgcc/pgcc/internal/pgtest"
+	"github.com/pgcc/pgcc/txn"
+)
+
+// fastRetry keeps the tests' retries short.
+var fastRetry = txn.WithBackoff(txn.Backoff{Base: time.Millisecond, Cap: 5 * time.Millisecond})
+
+// proxied returns the test's database, a fault proxy in front of it, and a pool through the proxy. setup's
+// pool, direct, is for assertions.
+func proxied(t *testing.T, configure ...func(*pgxpool.Config)) (*pgtest.DB, *pgfailtest.Proxy, *pgtest.DB, *pgxpool.Pool) {
+	t.Helper()
+	db, _ := setup(t, 1)
+	proxy, dsn := pgfailtest.New(t, db.DSN)
+	through := &pgtest.DB{Name: db.Name, DSN: dsn}
+	// A pooled connection idle for a second is pinged before use; the tests want the broken ones used.
+	noPing := func(c *pgxpool.Config) {
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	}
+	return db, proxy, through, through.Pool(t, append([]func(*pgxpool.Config){noPing}, configure...)...)
+}
+
+func increment(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+	return err
+}
+
+func balance(t *testing.T, db *pgtest.DB) int {
+	t.Helper()
+	conn := db.Conn(t)
+	return count(t, conn, "SELECT balance FROM accounts WHERE id = 1")
+}
+
+// TestLostCommitReplyIsCommitUnknown: COMMIT reaches the server and commits; its reply is lost and the
+// connection reset. pgx then says "conn closed" and pgconn.SafeToRetry says true; before this was fixed Run
+// believed it, retried, and applied the increment twice, 10 times out of 10. Now: ErrCommitUnknown, every
+// time, the increment applied once, the commit hooks not run and the rollback hooks run.
+func TestLostCommitReplyIsCommitUnknown(t *testing.T) {
+	t.Parallel()
+	db, proxy, _, pool := proxied(t)
+	ctx := context.Background()
+	for i := 1; i <= 10; i++ {
+		proxy.LoseReply(1, pgfailtest.IsCommit)
+		calls, committedHooks, rolledBackHooks := 0, 0, 0
+		err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+			calls++
+			_ = txn.AfterCommit(tx, func(context.Context) { committedHooks++ })
+			_ = txn.AfterRollback(tx, func() { rolledBackHooks++ })
+			return increment(ctx, tx)
+		}, fastRetry)
+		proxy.AwaitFault()
+		var unknown *pgcc.CommitUnknownError
+		if !errors.As(err, &unknown) || !errors.Is(err, pgcc.ErrCommitUnknown) || unknown.Attempts != 1 {
+			t.Fatalf("round %d: err = %v, want *CommitUnknownError at attempt 1", i, err)
+		}
+		if calls != 1 || committedHooks != 0 || rolledBackHooks != 1 {
+			t.Fatalf("round %d: %d calls, %d commit hooks, %d rollback hooks; want 1, 0, 1", i, calls, committedHooks, rolledBackHooks)
+		}
+		if got := balance(t, db); got != 100+i {
+			t.Fatalf("round %d: balance %d, want %d: the increment was applied %d times", i, got, 100+i, got-100-i+1)
+		}
+	}
+}
+
+// TestLostCommitReplyResolvedByKey: the same lost reply, with an idempotency key: Run looks the key up, finds
+// its own commit, and returns nil with the value of that attempt; hooks see a commit.
+func TestLostCommitReplyResolvedByKey(t *testing.T) {
+	t.Parallel()
+	for _, handle := range []string{"pool", "conn"} {
+		t.Run(handle, func(t *testing.T) {
+			t.Parallel()
+			db, proxy, through, pool := proxied(t)
+			ctx := context.Background()
+			for i := 1; i <= 3; i++ {
+				var h pgcc.Beginner = pool
+				if handle == "conn" {
+					h = through.Conn(t) // lost with the reply: the look-up opens its own connection
+				}
+				proxy.LoseReply(1, pgfailtest.IsCommit)
+				calls, committedHooks, rolledBackHooks := 0, 0, 0
+				got, err := txn.RunValue(ctx, h, func(ctx context.Context, tx pgx.Tx) (int, error) {
+					calls++
+					_ = txn.AfterCommit(tx, func(context.Context) { committedHooks++ })
+					_ = txn.AfterRollback(tx, func() { rolledBackHooks++ })
+					var n int
+					err := tx.QueryRow(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1 RETURNING balance").Scan(&n)
+					return n, err
+				}, txn.WithIdempotencyKey(fmt.Sprintf("increment %d", i)), fastRetry)
+				proxy.AwaitFault()
+				if err != nil || got != 100+i {
+					t.Fatalf("round %d: RunValue = %d, %v; want %d, nil", i, got, err, 100+i)
+				}
+				if calls != 1 || committedHooks != 1 || rolledBackHooks != 0 {
+					t.Fatalf("round %d: %d calls, %d commit hooks, %d rollback hooks; want 1, 1, 0", i, calls, committedHooks, rolledBackHooks)
+				}
+				if b := balance(t, db); b != 100+i {
+					t.Fatalf("round %d: balance %d, want %d", i, b, 100+i)
+				}
+			}
+		})
+	}
+}
+
+// TestSwallowedCommitResolvedByKey: the COMMIT never reaches the server, whose backend stays idle in its
+// transaction, holding the key (a dead network path the server has not noticed). The look-up waits briefly,
+// ends that backend, finds the key not committed, and Run retries: applied once. On a single connection the
+// retry is impossible and the answer is a definite ErrConnectionLost.
+func TestSwallowedCommitResolvedByKey(t *testing.T) {
+	t.Parallel()
+	for _, handle := range []string{"pool", "conn"} {
+		t.Run(handle, func(t *testing.T) {
+			t.Parallel()
+			db, proxy, through, pool := proxied(t)
+			ctx := context.Background()
+			var h pgcc.Beginner = pool
+			if handle == "conn" {
+				h = through.Conn(t)
+			}
+			proxy.Swallow(1, pgfailtest.IsCommit)
+			calls := 0
+			err := txn.Run(ctx, h, func(ctx context.Context, tx pgx.Tx) error {
+				calls++
+				return increment(ctx, tx)
+			}, txn.WithIdempotencyKey("swallowed"), fastRetry)
+			proxy.AwaitFault()
+			want, wantCalls := 101, 2
+			if handle == "conn" {
+				want, wantCalls = 100, 1
+				var lost *pgcc.ConnectionLostError
+				if !errors.As(err, &lost) || !lost.SingleConnection || !errors.Is(err, pgcc.ErrConnectionLost) {
+					t.Fatalf("err = %v, want *ConnectionLostError for a single connection", err)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if calls != wantCalls {
+				t.Errorf("%d calls, want %d", calls, wantCalls)
+			}
+			if b := balance(t, db); b != want {
+				t.Errorf("balance %d, want %d", b, want)
+			}
+			// The original's backend was ended (it may take a moment to leave pg_stat_activity).
+			conn := db.Conn(t)
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				n := count(t, conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'")
+				if n == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d backends still idle in transaction: the original was not ended", n)
+				}
+			}
+		})
+	}
+}
+
+// TestIdleBackendTerminatedIsRetried: the pooled connection's backend was terminated while idle; the next
+// Run's BEGIN fails on it (57P01, or EOF), certainly before anything of the transaction was sent, and Run
+// retries on a fresh connection.
+func TestIdleBackendTerminatedIsRetried(t *testing.T) {
+	t.Parallel()
+	db, pool := setup(t, 1, func(c *pgxpool.Config) {
+		c.MaxConns = 1
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	})
+	ctx := context.Background()
+	var pid uint32
+	if err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		pid = tx.Conn().PgConn().PID()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := terminate(ctx, db.Conn(t), pid); err != nil {
+		t.Fatal(err)
+	}
+	var retried []error
+	calls := 0
+	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		calls++
+		return increment(ctx, tx)
+	}, fastRetry, txn.OnRetry(func(_ int, err error, _ time.Duration) { retried = append(retried, err) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(retried) != 1 || !errors.Is(retried[0], pgcc.ErrConnectionLost) || calls != 1 {
+		t.Fatalf("retried %v with %d calls of fn; want one ErrConnectionLost at BEGIN", retried, calls)
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101", b)
+	}
+}
+
+// TestBackendTerminatedMidTransaction: the backend is terminated between two statements of fn. The
+// transaction certainly did not commit: on a pool Run retries it, applied once; on a single connection Run
+// says the connection is lost, with nothing committed.
+func TestBackendTerminatedMidTransaction(t *testing.T) {
+	t.Parallel()
+	for _, handle := range []string{"pool", "conn"} {
+		t.Run(handle, func(t *testing.T) {
+			t.Parallel()
+			db, pool := setup(t, 1)
+			killer := db.Conn(t)
+			ctx := context.Background()
+			var h pgcc.Beginner = pool
+			if handle == "conn" {
+				h = db.Conn(t)
+			}
+			calls := 0
+			err := txn.Run(ctx, h, func(ctx context.Context, tx pgx.Tx) error {
+				calls++
+				if err := increment(ctx, tx); err != nil {
+					return err
+				}
+				if calls == 1 {
+					if err := terminate(ctx, killer, tx.Conn().PgConn().PID()); err != nil {
+						return err
+					}
+				}
+				_, err := tx.Exec(ctx, "INSERT INTO log VALUES ('applied')")
+				return err
+			}, fastRetry)
+			want, wantCalls := 101, 2
+			if handle == "conn" {
+				want, wantCalls = 100, 1
+				var lost *pgcc.ConnectionLostError
+				if !errors.As(err, &lost) || !lost.SingleConnection || lost.Attempts != 1 {
+					t.Fatalf("err = %v, want *ConnectionLostError{SingleConnection} at attempt 1", err)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if calls != wantCalls {
+				t.Errorf("%d calls, want %d", calls, wantCalls)
+			}
+			if b := balance(t, db); b != want {
+				t.Errorf("balance %d, want %d", b, want)
+			}
+			if n := count(t, killer, "SELECT count(*) FROM log"); n != want-100 {
+				t.Errorf("log has %d rows, want %d", n, want-100)
+			}
+		})
+	}
+}
+
+// TestServerRestartIsRetriedWithBackoff plays a restart: every connection reset, then new ones refused (or
+// answered FATAL 57P03 while the server recovers). Run keeps trying, with backoff, and succeeds once the
+// server is back; every retried error is ErrConnectionLost.
+func TestServerRestartIsRetriedWithBackoff(t *testing.T) {
+	t.Parallel()
+	for _, startingUp := range []bool{false, true} {
+		t.Run(fmt.Sprintf("startingUp=%v", startingUp), func(t *testing.T) {
+			t.Parallel()
+			db, proxy, _, pool := proxied(t)
+			ctx := context.Background()
+			if err := txn.Run(ctx, pool, increment); err != nil { // a pooled connection to break
+				t.Fatal(err)
+			}
+			proxy.Down(startingUp)
+			var retried []error
+			err := txn.Run(ctx, pool, increment, fastRetry, txn.WithMaxAttempts(20),
+				txn.OnRetry(func(n int, err error, _ time.Duration) {
+					retried = append(retried, err)
+					if n == 4 {
+						proxy.Up()
+					}
+				}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(retried) != 4 {
+				t.Errorf("%d retries, want 4 (the server came back during the fourth sleep)", len(retried))
+			}
+			sawStartingUp := false
+			for _, err := range retried {
+				if !errors.Is(err, pgcc.ErrConnectionLost) {
+					t.Errorf("retried %v, want ErrConnectionLost", err)
+				}
+				sawStartingUp = sawStartingUp || pgcc.SQLState(err) == pgerrcode.CannotConnectNow
+			}
+			if sawStartingUp != startingUp {
+				t.Errorf("a 57P03 was retried: %v, want %v", sawStartingUp, startingUp)
+			}
+			if b := balance(t, db); b != 102 {
+				t.Errorf("balance %d, want 102", b)
+			}
+		})
+	}
+}
+
+// TestOutageOutlastingTheAttempts: the server does not come back in time. The error says the attempts ran
+// out, and that the connection was lost: nothing was committed.
+func TestOutageOutlastingTheAttempts(t *testing.T) {
+	t.Parallel()
+	db, proxy, _, pool := proxied(t)
+	ctx := context.Background()
+	proxy.Down(false)
+	calls := 0
+	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error { calls++; return increment(ctx, tx) },
+		fastRetry, txn.WithMaxAttempts(3))
+	var exhausted *pgcc.RetriesExhaustedError
+	if !errors.As(err, &exhausted) || exhausted.Attempts != 3 || !errors.Is(err, pgcc.ErrConnectionLost) {
+		t.Fatalf("err = %v, want RetriesExhausted after 3 attempts, matching ErrConnectionLost", err)
+	}
+	if calls != 0 {
+		t.Errorf("fn ran %d times without a connection", calls)
+	}
+	proxy.Up()
+	if b := balance(t, db); b != 100 {
+		t.Errorf("balance %d, want 100", b)
+	}
+}
+
+// TestReadOnlyServer: a server that accepts no writes (a standby, a demoted primary; here a database
+// whose sessions start read-only) answers a write with 25006. Nothing committed; Run closes that connection
+// so that the pool opens a new one, and retries. With ReadOnly() the 25006 is the caller's own mistake and
+// is returned at once; on a single connection it is returned too, and the connection kept.
+func TestReadOnlyServer(t *testing.T) {
+	t.Parallel()
+	db, _ := setup(t, 1)
+	admin := db.Conn(t)
+	ctx := context.Background()
+	readOnly := func(on bool) {
+		t.Helper()
+		sql := fmt.Sprintf("ALTER DATABASE %s RESET default_transaction_read_only", pgx.Identifier{db.Name}.Sanitize())
+		if on {
+			sql = fmt.Sprintf("ALTER DATABASE %s SET default_transaction_read_only = on", pgx.Identifier{db.Name}.Sanitize())
+		}
+		if _, err := admin.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readOnly(true)
+	pool := db.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 2 })
+	var pids []uint32
+	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		pids = append(pids, tx.Conn().PgConn().PID())
+		return increment(ctx, tx)
+	}, fastRetry, txn.OnRetry(func(_ int, err error, _ time.Duration) {
+		if pgcc.SQLState(err) != pgerrcode.ReadOnlySQLTransaction {
+			t.Errorf("retried %v, want 25006", err)
+		}
+		readOnly(false) // the new primary is reachable now
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pids) != 2 || pids[0] == pids[1] {
+		t.Errorf("attempts ran on backends %v, want two different ones", pids)
+	}
+
+	readOnly(true)
+	t.Cleanup(func() { readOnly(false) })
+	fresh := db.Pool(t)
+	calls := 0
+	err = txn.Run(ctx, fresh, func(ctx context.Context, tx pgx.Tx) error { calls++; return increment(ctx, tx) },
+		txn.WithIsolation(pgx.ReadCommitted), txn.ReadOnly(), fastRetry)
+	if pgcc.SQLState(err) != pgerrcode.ReadOnlySQLTransaction || calls != 1 {
+		t.Errorf("ReadOnly(): err = %v after %d calls, want 25006 at once", err, calls)
+	}
+	conn := db.Conn(t)
+	err = txn.Run(ctx, conn, increment, fastRetry)
+	if pgcc.SQLState(err) != pgerrcode.ReadOnlySQLTransaction || conn.IsClosed() {
+		t.Errorf("single connection: err = %v, closed %v; want 25006 and the connection kept", err, conn.IsClosed())
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101", b)
+	}
+}

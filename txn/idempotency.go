@@ -1,0 +1,217 @@
+package txn
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/pgfail"
+)
+
+// keyTable is the table of idempotency keys, created by migration 0002 of package migrations.
+const keyTable = `"pgcc"."idempotency_keys"`
+
+// keyConstraint is its primary key, whose violation means the key has already committed.
+const keyConstraint = "idempotency_keys_pkey"
+
+// probeGrace is how long a look-up waits for a transaction that still holds the key (its COMMIT delayed, or
+// its client gone while the server has not noticed) before ending that transaction's backend. Ending it is
+// safe whatever its state: a transaction that had committed stays committed, one that had not is rolled back,
+// and the look-up that follows sees which.
+const probeGrace = 250 * time.Millisecond
+
+// purgeBatch is how many expired keys one statement of PurgeIdempotencyKeys deletes.
+const purgeBatch = 10000
+
+// keyInsert renders the INSERT that records key, up to the attempt number, which keyedBeginQuery appends with
+// the rest. It is sent in one simple-protocol message with BEGIN, which takes no parameters: the key travels
+// hex-encoded (only the characters 0-9a-f are spliced, never the caller's text) and is decoded by the server,
+// and the retention is an integer formatted here.
+func keyInsert(key string, retention time.Duration) string {
+	return "INSERT INTO " + keyTable + " (key, expires_at, attempt) SELECT convert_from(decode('" +
+		hex.EncodeToString([]byte(key)) + "', 'hex'), 'UTF8'), now() + interval '" +
+		strconv.FormatInt(millis(retention), 10) + " milliseconds', "
+}
+
+// keyedBeginQuery is the BEGIN of one attempt carrying the idempotency key: BEGIN and its SET LOCALs, then the
+// key's INSERT, which also takes a transaction-scoped advisory lock on the attempt's number, by which a later
+// look-up can find this transaction's backend in pg_locks (its real process id, even behind a pooler). One
+// message, one round trip, and no result set to read.
+func (c *config) keyedBeginQuery(attempt int64) string {
+	id := strconv.FormatInt(attempt, 10)
+	return c.beginQuery + "; " + c.keyInsert + id +
+		" FROM (SELECT pg_try_advisory_xact_lock(" + id + ") AS locked) AS attempt_lock WHERE locked IS NOT NULL"
+}
+
+// newAttemptID returns a random number naming one attempt, never zero (the look-up's own rows use zero).
+func newAttemptID() int64 { return rand.Int64N(math.MaxInt64) + 1 }
+
+// keyBeginFailed turns a failure of the key's INSERT into the caller's answer: the key has already
+// committed, or its table is missing. It returns nil for any other error.
+func (r *runner) keyBeginFailed(ctx context.Context, err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return nil
+	}
+	switch {
+	case pgErr.Code == pgerrcode.UniqueViolation && pgErr.ConstraintName == keyConstraint:
+		return &pgcc.AlreadyAppliedError{Key: r.cfg.key, AppliedAt: r.appliedAt(ctx)}
+	case pgErr.Code == pgerrcode.UndefinedTable, pgErr.Code == pgerrcode.InvalidSchemaName:
+		return fmt.Errorf("pgcc: idempotency key: the table %s does not exist; apply pgcc's migrations to this database (migrations.Up, or migrations.FS with your own migration tool): %w", keyTable, err)
+	}
+	return nil
+}
+
+// appliedAt looks up when the key's transaction began, for an [pgcc.AlreadyAppliedError]. It returns zero
+// when it cannot tell; the error itself is what matters.
+func (r *runner) appliedAt(ctx context.Context) time.Time {
+	q, ok := r.db.(pgcc.DBTX)
+	if !ok || r.conn != nil && r.conn.IsClosed() {
+		return time.Time{}
+	}
+	var at time.Time
+	_ = q.QueryRow(ctx, "SELECT applied_at FROM "+keyTable+" WHERE key = $1", r.cfg.key).Scan(&at)
+	return at
+}
+
+// resolution is what a look-up of the idempotency key found out about an attempt whose COMMIT got no answer.
+type resolution struct {
+	committed    bool                      // the attempt committed
+	notCommitted bool                      // the attempt certainly did not commit, and no other with the key has
+	applied      *pgcc.AlreadyAppliedError // the attempt did not commit, but another with the same key did
+	err          error                     // why the look-up could not tell, when none of the above is set
+}
+
+// unresolvedError is the error of an attempt whose outcome the look-up could not settle.
+func (res resolution) unresolvedError(commitErr error, key string) error {
+	return &pgcc.CommitUnknownError{Err: fmt.Errorf("%w (looking up idempotency key %s: %w)", commitErr, pgcc.FormatValue(key), res.err)}
+}
+
+// resolve finds out whether the attempt numbered attempt, whose COMMIT on lost got no answer, committed. It
+// looks on a fresh connection (the pool's, or a new one opened with lost's configuration), retrying a look-up
+// that fails on the connection with the policy's backoff and attempts, until ctx ends.
+func (r *runner) resolve(ctx context.Context, lost *pgx.Conn, attempt int64) resolution {
+	for n := 1; ; n++ {
+		res, again := r.probe(ctx, lost, attempt)
+		if !again || n >= r.cfg.maxAttempts {
+			return res
+		}
+		if err := sleep(ctx, r.cfg.backoff.Delay(n)); err != nil {
+			return resolution{err: errors.Join(err, res.err)}
+		}
+	}
+}
+
+// probe looks the key up once. It inserts the key itself in a transaction of its own, ON CONFLICT DO NOTHING:
+// a plain SELECT would neither see nor wait for the original's uncommitted row, but an INSERT of the same key
+// waits on the unique index until the original transaction ends. Inserted, the original did not commit (the
+// probe rolls its row back); a conflict means a committed row, whose attempt number says whose. A wait past
+// probeGrace ends the original's backend, found by the advisory lock its BEGIN took, and asks again.
+func (r *runner) probe(ctx context.Context, lost *pgx.Conn, attempt int64) (res resolution, again bool) {
+	if err := ctx.Err(); err != nil {
+		return resolution{err: context.Cause(ctx)}, false
+	}
+	conn, release, err := r.probeConn(ctx, lost)
+	if err != nil {
+		return resolution{err: err}, pgfail.ConnectionFailed(err)
+	}
+	defer release()
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = " +
+		strconv.FormatInt(millis(probeGrace), 10)})
+	if err != nil {
+		return resolution{err: err}, pgfail.ConnectionFailed(err)
+	}
+	defer rollback(ctx, tx)
+	tag, err := tx.Exec(ctx, "INSERT INTO "+keyTable+" (key, expires_at, attempt) VALUES ($1, now(), 0) ON CONFLICT (key) DO NOTHING", r.cfg.key)
+	switch {
+	case err == nil && tag.RowsAffected() == 1:
+		return resolution{notCommitted: true}, false
+	case err == nil:
+		var committedBy int64
+		var at time.Time
+		err := tx.QueryRow(ctx, "SELECT attempt, applied_at FROM "+keyTable+" WHERE key = $1", r.cfg.key).Scan(&committedBy, &at)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows): // purged between the two statements: ask again
+			return resolution{err: err}, true
+		case err != nil:
+			return resolution{err: err}, pgfail.ConnectionFailed(err)
+		case committedBy == attempt:
+			return resolution{committed: true}, false
+		default:
+			return resolution{applied: &pgcc.AlreadyAppliedError{Key: r.cfg.key, AppliedAt: at}}, false
+		}
+	case isLockNotAvailable(err):
+		rollback(ctx, tx)
+		terminateAttempt(ctx, conn, attempt)
+		return resolution{err: err}, true
+	default:
+		return resolution{err: err}, pgfail.ConnectionFailed(err)
+	}
+}
+
+// probeConn returns a connection for a look-up, and the function that gives it back.
+func (r *runner) probeConn(ctx context.Context, lost *pgx.Conn) (*pgx.Conn, func(), error) {
+	if p, ok := r.db.(acquirer); ok {
+		c, err := p.Acquire(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c.Conn(), c.Release, nil
+	}
+	c, err := pgx.ConnectConfig(ctx, lost.Config())
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, func() {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		defer cancel()
+		_ = c.Close(closeCtx)
+	}, nil
+}
+
+// terminateAttempt ends the backend whose transaction holds the advisory lock of attempt, if it still runs.
+// Failures are ignored (the role may not be allowed to signal that backend): the look-up then waits for the
+// transaction to end by itself, bounded by ctx.
+func terminateAttempt(ctx context.Context, conn *pgx.Conn, attempt int64) {
+	_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid = $1 AND objid = $2
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+		uint32(uint64(attempt)>>32), uint32(uint64(attempt)))
+}
+
+// PurgeIdempotencyKeys deletes the idempotency keys whose retention has passed (on the database clock) and
+// returns how many it deleted. Run it periodically, say hourly from a job guarded by a lease; a key not yet
+// purged keeps refusing its operation after its retention, which is safe. It deletes in statements of at most
+// 10,000 keys each, so that no single statement holds many row locks or runs long; on a pool each commits by
+// itself. ctx bounds every statement.
+func PurgeIdempotencyKeys(ctx context.Context, db pgcc.DBTX) (int64, error) {
+	if db == nil {
+		return 0, fmt.Errorf("%w: PurgeIdempotencyKeys needs a database handle", pgcc.ErrInvalidArgument)
+	}
+	var total int64
+	for {
+		tag, err := db.Exec(ctx, "DELETE FROM "+keyTable+" WHERE key IN (SELECT key FROM "+keyTable+
+			" WHERE expires_at < now() LIMIT "+strconv.Itoa(purgeBatch)+" FOR UPDATE SKIP LOCKED)")
+		if err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.UndefinedTable || pgErr.Code == pgerrcode.InvalidSchemaName) {
+				return total, fmt.Errorf("pgcc: purge idempotency keys: the table %s does not exist; apply pgcc's migrations to this database: %w", keyTable, err)
+			}
+			return total, fmt.Errorf("pgcc: purge idempotency keys: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < purgeBatch {
+			return total, nil
+		}
+	}
+}
