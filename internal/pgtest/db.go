@@ -46,7 +46,7 @@ func NewDB(t testing.TB) *DB {
 // reported as a test failure, and the pool is closed.
 func (d *DB) Pool(t testing.TB, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
-	watchTest(t)
+	w := watchTest(t)
 	cfg, err := pgxpool.ParseConfig(d.DSN)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
@@ -56,6 +56,7 @@ func (d *DB) Pool(t testing.TB, configure ...func(*pgxpool.Config)) *pgxpool.Poo
 	for _, f := range configure {
 		f(cfg)
 	}
+	traced(cfg.ConnConfig, w)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("pgtest: open pool: %v", err)
@@ -89,12 +90,13 @@ func awaitReleased(pool *pgxpool.Pool, grace time.Duration) int32 {
 // Conn opens a single connection on the database, closed when t ends.
 func (d *DB) Conn(t testing.TB) *pgx.Conn {
 	t.Helper()
-	watchTest(t)
+	w := watchTest(t)
 	cfg, err := pgx.ParseConfig(d.DSN)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
 	cfg.RuntimeParams["application_name"] = applicationName
+	traced(cfg, w)
 	conn, err := pgx.ConnectConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("pgtest: connect: %v", err)

@@ -164,3 +164,37 @@ func TestWatchdogLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchdogWaitsForProgressThenFires runs a child whose test makes progress (as a statement finishing on
+// its connections would record it) for twice its 300ms limit, then stops: the watchdog must leave it alone
+// while it progresses and stop it once it does not.
+func TestWatchdogWaitsForProgressThenFires(t *testing.T) {
+	if os.Getenv(envWatchdogChild) == "1" {
+		w := watchTest(t)
+		until := time.Now().Add(600 * time.Millisecond)
+		for time.Now().Before(until) {
+			w.touch()
+			time.Sleep(50 * time.Millisecond)
+		}
+		os.Stderr.WriteString("progress stopped\n")
+		time.Sleep(time.Minute) // stuck from here on
+		return
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestWatchdogWaitsForProgressThenFires$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envWatchdogChild+"=1", EnvWatchdog+"=300ms")
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != watchdogExitCode {
+		t.Fatalf("child ended with %v, want exit status %d; output:\n%s", err, watchdogExitCode, out)
+	}
+	if !strings.Contains(string(out), "progress stopped\n") {
+		t.Errorf("the watchdog stopped the child while it was making progress:\n%s", out)
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("the child ran %v: the watchdog did not stop it after its progress stopped", took)
+	}
+}
