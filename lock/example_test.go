@@ -16,16 +16,18 @@ import (
 	"github.com/pgcc/pgcc/txn"
 )
 
-// accounts describes the example table to lock; a *repo.Table[Account] would do the same.
-type accounts struct{ name string }
-
-func (a accounts) Identifier() pgx.Identifier { return pgx.Identifier{a.name} }
-func (accounts) KeyColumns() []string         { return []string{"id"} }
-func (accounts) SelectColumns() []string      { return []string{"id", "balance"} }
-
 type Account struct {
 	ID      int32
 	Balance int64
+}
+
+// accounts describes the example table to lock; a *repo.Table[Account] would do the same.
+func accounts(name string) *lock.TableDef[Account] {
+	t, err := lock.NewTable[Account](name)
+	if err != nil {
+		panic(err)
+	}
+	return t
 }
 
 // Load locks both accounts of a transfer, in key order whichever way the money moves, and reads them: the
@@ -51,7 +53,7 @@ func ExampleLoad() {
 
 	transfer := func(from, to int32, amount int64) error {
 		return txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-			rows, err := lock.Load[Account](ctx, tx, accounts{"example_lock_load"}, []pgcc.Key{{from}, {to}}, lock.WithTimeout(2*time.Second))
+			rows, err := lock.Load[Account](ctx, tx, accounts("example_lock_load"), []pgcc.Key{{from}, {to}}, lock.WithTimeout(2*time.Second))
 			if err != nil {
 				return err
 			}
@@ -102,13 +104,13 @@ func ExampleLockError() {
 		return
 	}
 	defer holder.Rollback(ctx)
-	if err := lock.Row(ctx, holder, accounts{"example_lock_lockerror"}, pgcc.Key{1}); err != nil {
+	if err := lock.Row(ctx, holder, accounts("example_lock_lockerror"), pgcc.Key{1}); err != nil {
 		fmt.Println(err)
 		return
 	}
 
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		return lock.Row(ctx, tx, accounts{"example_lock_lockerror"}, pgcc.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
+		return lock.Row(ctx, tx, accounts("example_lock_lockerror"), pgcc.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
 	})
 	var lockErr *pgcc.LockError
 	if errors.As(err, &lockErr) {
@@ -147,9 +149,9 @@ func ExampleClaim() {
 		return
 	}
 	defer first.Rollback(ctx)
-	a, _ := lock.Claim[Account](ctx, first, accounts{"example_lock_claim"}, 2)
+	a, _ := lock.Claim[Account](ctx, first, accounts("example_lock_claim"), 2)
 	err = pgx.BeginFunc(ctx, pool, func(second pgx.Tx) error {
-		b, err := lock.Claim[Account](ctx, second, accounts{"example_lock_claim"}, 2, lock.Where("balance >= $1", 20))
+		b, err := lock.Claim[Account](ctx, second, accounts("example_lock_claim"), 2, lock.Where("balance >= $1", 20))
 		fmt.Println("first:", a, "second:", b)
 		return err
 	})
