@@ -277,4 +277,3 @@ func errorsAs[E error](err error) (E, bool) {
 	ok := errors.As(err, &target)
 	return target, ok
 }
-

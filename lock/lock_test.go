@@ -43,7 +43,9 @@ func plainItems() table {
 
 func itemsTable() *lock.TableDef[item] { return must(lock.NewTable[item]("items")) }
 
-func pairsTable() *lock.TableDef[pair] { return must(lock.NewTable[pair]("pairs", lock.WithKey("a", "b"))) }
+func pairsTable() *lock.TableDef[pair] {
+	return must(lock.NewTable[pair]("pairs", lock.WithKey("a", "b")))
+}
 
 func must[T any](v T, err error) T {
 	if err != nil {

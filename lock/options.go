@@ -267,12 +267,12 @@ const DefaultLossCheck = time.Second
 type use int
 
 const (
-	useRows   use = iota // Rows, Load
-	useRow               // Row
-	useSelect            // Select
-	useClaim             // Claim
-	useXact              // XactLock, TryXactLock
-	useSession           // SessionLock, TrySessionLock
+	useRows    use = iota // Rows, Load
+	useRow                // Row
+	useSelect             // Select
+	useClaim              // Claim
+	useXact               // XactLock, TryXactLock
+	useSession            // SessionLock, TrySessionLock
 )
 
 var useNames = [...]string{useRows: "Rows and Load", useRow: "Row", useSelect: "Select", useClaim: "Claim",

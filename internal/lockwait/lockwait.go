@@ -86,7 +86,7 @@ const (
 		ELSE (extract(epoch FROM current_setting('lock_timeout')::interval) * 1000)::int8 END AS c) x) b`
 	boundSaving = `SELECT set_config('pgcc.saved_lock_timeout', current_setting('lock_timeout'), true),
 	set_config('lock_timeout', b.ms::text, true), b.ms, b.by_deadline, pg_backend_pid()` + boundFrom
-	bound = `SELECT '', set_config('lock_timeout', b.ms::text, true), b.ms, b.by_deadline, pg_backend_pid()` + boundFrom
+	bound              = `SELECT '', set_config('lock_timeout', b.ms::text, true), b.ms, b.by_deadline, pg_backend_pid()` + boundFrom
 	restoreLockTimeout = "SELECT set_config('lock_timeout', current_setting('pgcc.saved_lock_timeout'), true)"
 	backendPID         = "SELECT pg_backend_pid()"
 )
