@@ -147,8 +147,10 @@ func Load[T any](ctx context.Context, tx pgx.Tx, t TableOf[T], keys []pgcc.Key, 
 //	SELECT <select columns> FROM <table> [WHERE (<predicate>)] ORDER BY <order> [LIMIT $n] FOR <strength> [NOWAIT|SKIP LOCKED]
 //
 // PostgreSQL evaluates the predicate before locking and, for a row it had to wait for, again on the version
-// it finally locks: a row changed meanwhile so that it no longer matches is left out, so with Limit fewer
-// rows than n may come back although more match. ctx bounds the wait as in [Rows]. With [WithDiagnostics], a
+// it finally locks: a row changed meanwhile so that it no longer matches is left out, and the limit is filled
+// from the next matching rows (locking stops once enough rows are locked). A row whose ORDER BY columns
+// changed while it was waited for keeps its place from before the change, so the result can be out of order
+// in that case (PostgreSQL's documented caveat). ctx bounds the wait as in [Rows]. With [WithDiagnostics], a
 // failed wait reports the holders of the first thousand matching rows.
 func Select[T any](ctx context.Context, tx pgx.Tx, t TableOf[T], opts ...Option) ([]T, error) {
 	cfg, err := newConfig(useSelect, opts)
