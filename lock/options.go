@@ -260,6 +260,14 @@ func WithLossCheck(every time.Duration) Option {
 	}
 }
 
+// CancelGrace is how long a cancelled lock request waits for the server to acknowledge the cancel request and
+// end the statement before it closes the connection.
+const CancelGrace = lockwait.CancelGrace
+
+// DeadlineGrace is how long after its context's deadline a lock request waits for the server's answer before it
+// closes the connection and returns.
+const DeadlineGrace = lockwait.DeadlineGrace
+
 // DefaultLossCheck is how often a session lock's connection is checked when [WithLossCheck] is not given.
 const DefaultLossCheck = time.Second
 
