@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -103,6 +104,25 @@ func TestSessionLockRefusedUnderTransactionPooling(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSessionLockRefusedQuietPooler: one client alone on a transaction pooler, nothing else running (the
+// pooler hands the same server connection back every time), is refused too: the second client connection
+// of the check is given that server connection.
+func TestSessionLockRefusedQuietPooler(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	port := startPgBouncer(t, db, "transaction")
+	pool := db.Pool(t, viaPgBouncer(port, pgx.QueryExecModeExec), func(c *pgxpool.Config) { c.MaxConns = 1 })
+	ctx := context.Background()
+	if _, _, err := lock.TrySessionLock(ctx, pool, 7); !errors.Is(err, pgcc.ErrTransactionPooling) {
+		t.Errorf("TrySessionLock = %v, want ErrTransactionPooling", err)
+	}
+	_, err := lock.SessionLock(ctx, pool, 7, lock.WithTimeout(time.Second))
+	if !errors.Is(err, pgcc.ErrTransactionPooling) || !strings.Contains(err.Error(), "session mode") {
+		t.Errorf("SessionLock = %v, want ErrTransactionPooling naming the fix", err)
+	}
+	t.Logf("%v", err)
 }
 
 // TestSessionLockThroughSessionPooling: in PgBouncer's session mode a session lock works, its PID is the
