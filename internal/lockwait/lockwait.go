@@ -6,12 +6,13 @@
 //   - lock_timeout for the one statement, sent in the same round trip and restored after it: the least of the
 //     caller's explicit timeout (or, without one, the lock_timeout already in force, 0 meaning none) and the
 //     context's deadline, computed by the server so that a shorter SET LOCAL lock_timeout of the caller's
-//     transaction is never lengthened. The deadline's share ends the wait a few milliseconds early
-//     (deadlineLead), so that the server's answer is back by the deadline.
+//     transaction is never lengthened. The deadline's share ends the wait deadlineLead early, so that the
+//     server's answer is back by the deadline.
 //   - the context: the statement runs on a context pgx does not watch (pgx closes the connection on
-//     cancellation); when ctx ends first, a cancel request is sent and the statement given a grace to return
-//     (CancelGrace after a cancellation, DeadlineGrace after a deadline). Past the grace, or when the server
-//     did not acknowledge the cancel request, the connection is closed: it can then no longer be trusted.
+//     cancellation). When ctx is cancelled, a cancel request is sent and, with the statement's return, must
+//     come back within CancelGrace; when the deadline passes, the server's own lock_timeout is due and its
+//     answer gets DeadlineGrace. Past the grace, or when the server did not acknowledge the cancel request,
+//     the connection is closed: it can no longer be trusted.
 package lockwait
 
 import (
