@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/lock"
+	"github.com/pgcc/pgcc/repo"
 )
 
 // allExecModes are every pgx query exec mode.
@@ -221,3 +222,36 @@ func TestLoadInfersTypeAndNamesTable(t *testing.T) {
 type badTable[T any] struct{ table }
 
 func (badTable[T]) KeyOf(*T) pgcc.Key { return nil }
+
+// versioned is a row of a repo table.
+type versioned struct {
+	ID      int64
+	N       int64
+	Version int64
+}
+
+// *repo.Table[T] is a lock.TableOf[T] through its KeyOf method: Load infers T from it.
+var _ lock.TableOf[versioned] = (*repo.Table[versioned])(nil)
+
+func TestLoadRepoTableInfersType(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 0)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, "CREATE TABLE versioned (id bigint PRIMARY KEY, n bigint NOT NULL, version bigint NOT NULL); INSERT INTO versioned VALUES (1, 10, 1), (2, 20, 1)"); err != nil {
+		t.Fatal(err)
+	}
+	table, err := repo.NewTable[versioned]("versioned")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inTx(t, pool, func(tx pgx.Tx) {
+		rows, err := lock.Load(ctx, tx, table, []pgcc.Key{{2}, {1}})
+		if err != nil || len(rows) != 2 || rows[0].N != 20 || rows[1].N != 10 {
+			t.Fatalf("Load = %v, %v", rows, err)
+		}
+		rows[0].N++
+		if err := table.Update(ctx, tx, &rows[0]); err != nil {
+			t.Errorf("repo.Update after lock.Load: %v", err)
+		}
+	})
+}
