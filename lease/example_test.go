@@ -79,7 +79,7 @@ func ExampleLease_Keep() {
 	defer pool.Exec(ctx, "DELETE FROM pgcc.leases WHERE name = $1", name)
 
 	leases := lease.New(pool)
-	l, err := leases.TryAcquire(ctx, name, "host-a", 300*time.Millisecond)
+	l, err := leases.TryAcquire(ctx, name, "host-a", time.Second)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -87,8 +87,8 @@ func ExampleLease_Keep() {
 	work, keeper := l.Keep(ctx)
 	defer keeper.Stop()
 
-	time.Sleep(time.Second) // three TTLs: the lease is still ours
-	fmt.Println("after 1s:", work.Err())
+	time.Sleep(1500 * time.Millisecond) // past the TTL: renewed, the lease is still ours
+	fmt.Println("after 1.5s:", work.Err())
 
 	// An operator ends the grant and another host takes over.
 	_, _ = pool.Exec(ctx, "UPDATE pgcc.leases SET expires_at = clock_timestamp() WHERE name = $1", name)
@@ -100,6 +100,6 @@ func ExampleLease_Keep() {
 	var fenced *lease.FencedError
 	fmt.Println("lost:", errors.Is(context.Cause(work), pgcc.ErrFenced), errors.As(context.Cause(work), &fenced) && fenced.Holder == "host-b")
 	// Output:
-	// after 1s: <nil>
+	// after 1.5s: <nil>
 	// lost: true true
 }

@@ -56,6 +56,9 @@ func (e *LostError) Unwrap() error { return e.Err }
 //     clock from when the last successful grant or renewal was sent, a time the database's expiry cannot
 //     precede.
 //
+// A renewal thus has a little over half the TTL, after it is due, to succeed before the work is cancelled:
+// choose a TTL of seconds, several times the database's worst round trip under load.
+//
 // Renewal stops when [Keeper.Stop] is called or ctx ends; Stop must be called in any case (it waits for the
 // goroutine). While the Keeper runs, do not call l.Renew; [Keeper.Expires] tells the current expiry, and Stop
 // writes it back to l. Release the lease after Stop: released first, the next renewal finds it fenced.

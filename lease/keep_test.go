@@ -25,13 +25,13 @@ func TestKeepRenews(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 1)
 	ctx := context.Background()
-	l, err := lease.New(pool).TryAcquire(ctx, "kept", "worker-a", 300*time.Millisecond)
+	l, err := lease.New(pool).TryAcquire(ctx, "kept", "worker-a", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	first := l.Expires
 	work, keeper := l.Keep(ctx)
-	time.Sleep(time.Second)
+	time.Sleep(2 * time.Second)
 	if err := work.Err(); err != nil {
 		t.Fatalf("work context ended: %v (%v)", err, context.Cause(work))
 	}
@@ -60,7 +60,7 @@ func TestKeepCancelsWorkWhenFenced(t *testing.T) {
 	pool := setup(t, 1)
 	ctx := context.Background()
 	leases := lease.New(pool)
-	l, err := leases.TryAcquire(ctx, "taken", "worker-a", 600*time.Millisecond)
+	l, err := leases.TryAcquire(ctx, "taken", "worker-a", 1500*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestKeepCancelsWorkWhenFenced(t *testing.T) {
 	select {
 	case <-work.Done():
 	case <-time.After(5 * time.Second):
-		t.Fatal("work context not cancelled 5s after a takeover (renewal every 200ms)")
+		t.Fatal("work context not cancelled 5s after a takeover (renewal every 500ms)")
 	}
 	cause := context.Cause(work)
 	var lost *lease.LostError
@@ -134,14 +134,14 @@ func TestKeepCancelsWorkWhenUnreachable(t *testing.T) {
 }
 
 // TestKeepSurvivesBackendKill: terminating the backends of the leases' pool fails a renewal or two; the pool
-// connects again, a retry succeeds, and the work goes on.
+// connects again, a retry succeeds, and the work goes on (renewals every second, three kills in 750ms).
 func TestKeepSurvivesBackendKill(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	pool := db.Pool(t)
 	admin := db.Conn(t)
 	ctx := context.Background()
-	l, err := lease.New(pool).TryAcquire(ctx, "killed", "worker-a", 600*time.Millisecond)
+	l, err := lease.New(pool).TryAcquire(ctx, "killed", "worker-a", 3*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +152,7 @@ func TestKeepSurvivesBackendKill(t *testing.T) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+	time.Sleep(1500 * time.Millisecond) // a renewal after the kills
 	if err := work.Err(); err != nil {
 		t.Fatalf("work cancelled by a backend kill the renewals could ride out: %v", context.Cause(work))
 	}
