@@ -14,8 +14,9 @@ import (
 
 // One batch job per project at a time, with a job: the first caller gets the job and its fencing token;
 // a second caller is told the job is already running, by whom and until when (an HTTP API would answer 409
-// with that). Every write of the job checks its token with lease.Guard in the same transaction, so a worker
-// that stalled past its TTL and lost the job cannot write over its successor.
+// with that). Keep renews the lease in the background and cancels the job's context if the lease is lost;
+// every write of the job checks its token with lease.Guard in the same transaction, so a worker that stalled
+// past its TTL and lost the job cannot write over its successor.
 func Example_batchJobPerProject() {
 	ctx := context.Background()
 	pool, drop, err := open(ctx, `CREATE TABLE example_reports (project text PRIMARY KEY, rows_done bigint NOT NULL)`)
@@ -32,6 +33,8 @@ func Example_batchJobPerProject() {
 		return
 	}
 	defer job.Release(ctx)
+	work, keeper := job.Keep(ctx) // renews every TTL/3; work ends if the lease is lost
+	defer keeper.Stop()
 
 	// A second request for the same project while the job runs.
 	_, err = leases.TryAcquire(ctx, "report/project-7", "worker-2", time.Minute)
@@ -42,7 +45,7 @@ func Example_batchJobPerProject() {
 
 	// The job's writes, each guarded by the token.
 	for batch := 1; batch <= 3; batch++ {
-		err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		err := txn.Run(work, pool, func(ctx context.Context, tx pgx.Tx) error {
 			if err := lease.Guard(ctx, tx, job.Name, job.Token); err != nil {
 				return err // pgcc.ErrFenced: we lost the job; stop without writing
 			}
@@ -51,11 +54,7 @@ func Example_batchJobPerProject() {
 			return err
 		})
 		if err != nil {
-			fmt.Println(err)
-			return
-		}
-		if err := job.Renew(ctx); err != nil { // heartbeat between batches
-			fmt.Println(err)
+			fmt.Println(err) // context.Cause(work) says why, when the lease was lost
 			return
 		}
 	}

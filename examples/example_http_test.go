@@ -94,7 +94,7 @@ func docsHandler(pool *pgxpool.Pool, docs *repo.Table[Doc]) http.Handler {
 	mux.HandleFunc("POST /docs/{id}/stamp", func(w http.ResponseWriter, r *http.Request) {
 		id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
 		err := txn.Run(r.Context(), pool, func(ctx context.Context, tx pgx.Tx) error {
-			rows, err := lock.Load[Doc](ctx, tx, docs, []pgcc.Key{{id}}, lock.WithWait(lock.NoWait))
+			rows, err := lock.Load(ctx, tx, docs, []pgcc.Key{{id}}, lock.WithWait(lock.NoWait))
 			if err != nil {
 				return err
 			}

@@ -9,16 +9,15 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgcc/pgcc/lock"
-	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
 
-// Task is a row of example_tasks.
+// Task is a row of example_tasks, a queue table without a version column: lock.NewTable describes it (a
+// repo.Table needs a version).
 type Task struct {
 	ID      int64  `db:"id"`
 	Payload string `db:"payload"`
 	Done    bool   `db:"done"`
-	Version int64  `db:"version"`
 }
 
 // A job queue with SKIP LOCKED: four workers claim batches of up to 10 pending tasks with lock.Claim, each
@@ -26,14 +25,15 @@ type Task struct {
 // commits. Every task is processed exactly once and no worker ever waits for another.
 func Example_jobQueue() {
 	ctx := context.Background()
-	pool, drop, err := open(ctx, `CREATE TABLE example_tasks (id bigint PRIMARY KEY, payload text NOT NULL, done boolean NOT NULL DEFAULT false, version bigint NOT NULL DEFAULT 1);
+	pool, drop, err := open(ctx, `CREATE TABLE example_tasks (id bigint PRIMARY KEY, payload text NOT NULL, done boolean NOT NULL DEFAULT false,
+			processed int NOT NULL DEFAULT 0);
 		INSERT INTO example_tasks (id, payload) SELECT g, 'task ' || g FROM generate_series(1, 250) g`)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer drop("example_tasks")
-	tasks, err := repo.NewTable[Task]("example_tasks")
+	tasks, err := lock.NewTable[Task]("example_tasks")
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -47,18 +47,17 @@ func Example_jobQueue() {
 			defer wg.Done()
 			for {
 				n, err := txn.RunValue(ctx, pool, func(ctx context.Context, tx pgx.Tx) (int, error) {
-					batch, err := lock.Claim[Task](ctx, tx, tasks, 10, lock.Where("NOT done"))
+					batch, err := lock.Claim(ctx, tx, tasks, 10, lock.Where("NOT done"))
 					if err != nil {
 						return 0, err
 					}
-					for i := range batch {
-						// ... do the work for batch[i].Payload ...
-						batch[i].Done = true
-						if err := tasks.Update(ctx, tx, &batch[i]); err != nil {
-							return 0, err
-						}
+					ids := make([]int64, len(batch))
+					for i, task := range batch {
+						// ... do the work for task.Payload ...
+						ids[i] = task.ID
 					}
-					return len(batch), nil
+					_, err = tx.Exec(ctx, "UPDATE example_tasks SET done = true, processed = processed + 1 WHERE id = ANY($1)", ids)
+					return len(batch), err
 				})
 				if err != nil {
 					fmt.Println(err)
@@ -73,7 +72,7 @@ func Example_jobQueue() {
 	}
 	wg.Wait()
 	var done, twice int
-	_ = pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE done), count(*) FILTER (WHERE version > 2) FROM example_tasks`).Scan(&done, &twice)
+	_ = pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE done), count(*) FILTER (WHERE processed > 1) FROM example_tasks`).Scan(&done, &twice)
 	fmt.Println(processed.Load(), done, twice)
 	// Output:
 	// 250 250 0

@@ -25,7 +25,7 @@ type Item struct {
 var errSoldOut = errors.New("sold out")
 
 // Reserving stock under a row lock: the check "enough stock?" and the decrement happen while the row is
-// locked (SELECT … FOR UPDATE through lock.Load), so 20 buyers racing for 5 units sell exactly 5, and the
+// locked (SELECT … FOR NO KEY UPDATE through lock.Load), so 20 buyers racing for 5 units sell exactly 5, and the
 // other 15 get the business answer, not an error about concurrency. Pessimistic locking fits here: the
 // row is hot, and a reservation usually succeeds once it gets the lock.
 func Example_reserveStock() {
@@ -48,7 +48,7 @@ func Example_reserveStock() {
 
 	reserve := func(sku string) error {
 		return txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-			rows, err := lock.Load[Item](ctx, tx, items, []pgcc.Key{{sku}})
+			rows, err := lock.Load(ctx, tx, items, []pgcc.Key{{sku}})
 			if err != nil {
 				return err
 			}

@@ -2,10 +2,20 @@
 // one batch job per project at a time, one leader among replicas, work that spans many transactions and
 // must not run twice at once.
 //
-// # Using a lease
+// # The table
 //
-// Apply the pgcc schema first (package migrations: migrations.Up, or `pgcc migrate`); without it every call
-// fails with a message that says so. Then:
+// Leases are the one pgcc feature that needs pgcc's schema. Apply it once per database, typically at
+// start-up, with package migrations (safe to call from every replica at once):
+//
+//	if err := migrations.Up(ctx, pool); err != nil {
+//		return err
+//	}
+//
+// or apply migrations.FS() with your own golang-migrate tooling (version table pgcc.schema_migrations).
+// Without it every call fails with an error that says to run migrations.Up and wraps the server's
+// "relation "pgcc.leases" does not exist" (SQLSTATE 42P01).
+//
+// # Using a lease
 //
 //	leases := lease.New(pool)
 //	l, err := leases.TryAcquire(ctx, "nightly-totals", hostname, time.Minute)
@@ -13,7 +23,9 @@
 //		return nil // someone else runs it
 //	}
 //	defer l.Release(ctx)
-//	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+//	work, keeper := l.Keep(ctx) // renews every TTL/3; cancels work when the lease is lost
+//	defer keeper.Stop()
+//	err = txn.Run(work, pool, func(ctx context.Context, tx pgx.Tx) error {
 //		if err := lease.Guard(ctx, tx, l.Name, l.Token); err != nil {
 //			return err // pgcc.ErrFenced: the lease was lost; stop
 //		}
@@ -21,10 +33,16 @@
 //	})
 //
 // [Leases.TryAcquire] returns [*HeldError] (errors.Is [pgcc.ErrHeld]) with the holder and its times,
-// [Leases.Acquire] waits, and [Lease.Renew] and [Lease.Release] act on one grant. Every grant has a fencing
-// token, strictly increasing per name; [Guard] checks it inside the transaction that writes under the lease,
-// so a holder that paused past its expiry cannot write after another has taken over. Expiry is decided by the
-// database's clock, never the caller's.
+// [Leases.Acquire] waits, and [Lease.Renew] and [Lease.Release] act on one grant. [Lease.Keep] renews in the
+// background and cancels the work's context the moment the lease can no longer be trusted: a renewal found
+// it taken over or expired, or renewals failed until the grant may end (the context is cancelled a tenth of
+// the TTL before that). Every grant has a fencing token, strictly increasing per name; [Guard] checks it
+// inside the transaction that writes under the lease, so a holder that paused past its expiry cannot write
+// after another has taken over. Expiry is decided by the database's clock, never the caller's.
+//
+// Names and holders are non-empty valid UTF-8 without NUL bytes, at most [MaxNameBytes] long; TTLs are at least
+// a millisecond. Anything else, and a nil handle (typed nils included), is refused with an error matching
+// [pgcc.ErrInvalidArgument] before anything is sent.
 //
 // # Layering
 //

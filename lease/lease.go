@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgcc/pgcc"
@@ -23,10 +26,12 @@ type Leases struct {
 }
 
 // New returns the leases stored in the database behind db, typically a *pgxpool.Pool. Each call of its
-// methods is one autocommitted statement on db.
+// methods is one autocommitted statement on db. A nil db (a typed nil included) makes every method return an
+// error matching [pgcc.ErrInvalidArgument].
 func New(db pgcc.DBTX) *Leases { return &Leases{db: db} }
 
-// Lease is one grant of a named lease. Its methods are not safe for concurrent use.
+// Lease is one grant of a named lease. Its methods are not safe for concurrent use; while a [Keeper] renews it,
+// call only [Lease.Release] (after [Keeper.Stop]).
 type Lease struct {
 	// Name is the lease's name.
 	Name string
@@ -43,12 +48,19 @@ type Lease struct {
 	TTL time.Duration
 
 	leases *Leases
+	// trusted is when the grant ends at the earliest, on this process's monotonic clock: the time the last
+	// successful grant or renewal was sent, plus TTL (the server computed its expiry later than that).
+	trusted time.Time
 }
+
+// MaxNameBytes is the longest lease name or holder accepted, in bytes.
+const MaxNameBytes = 1024
 
 // The lease statements. A lease row is never deleted: releasing it only moves its expiry to now, so the next
 // grant continues from its token. A grant takes over a row only once it has expired, and the conflicting
 // INSERT … ON CONFLICT DO UPDATE locks the row (FOR NO KEY UPDATE), so it waits for every transaction that
-// [Guard] let write under the old token.
+// [Guard] let write under the old token. The acquire statement also returns the database clock, from which
+// Acquire computes how long to wait without asking again.
 const (
 	acquireSQL = `WITH granted AS (
 	INSERT INTO pgcc.leases AS l (name, holder, token, acquired_at, renewed_at, expires_at)
@@ -72,7 +84,7 @@ WHERE name = $1 AND token = $2 AND expires_at > clock_timestamp()`
 
 	currentSQL = `SELECT token, holder, expires_at, expires_at <= clock_timestamp() FROM pgcc.leases WHERE name = $1`
 
-	guardSQL = `SELECT token, holder, expires_at, expires_at <= clock_timestamp() FROM pgcc.leases WHERE name = $1 FOR SHARE`
+	guardSQL = `SELECT t.token, t.holder, t.expires_at, t.expires_at <= clock_timestamp() FROM pgcc.leases t WHERE t.name = $1 FOR SHARE OF t`
 )
 
 const (
@@ -84,19 +96,31 @@ const (
 )
 
 // TryAcquire grants the lease name to holder for ttl if nobody holds it (it never existed, was released, or
-// expired), and returns the grant. If another grant is live it returns a [*HeldError] (errors.Is [pgcc.ErrHeld])
-// saying who holds it, since when and until when. A holder that asks again while its own grant is live gets
-// the same error: grants are not re-entrant.
+// expired), and returns the grant. If another grant is live it returns a [*HeldError] (errors.Is
+// [pgcc.ErrHeld]) saying who holds it, since when and until when. A holder that asks again while its own grant
+// is live gets the same error: grants are not re-entrant.
 //
-// ttl is rounded to microseconds and must be at least a millisecond. ctx bounds the statement.
+// name and holder must be non-empty valid UTF-8 without NUL bytes, at most [MaxNameBytes] long; ttl is rounded
+// to microseconds and must be at least a millisecond. Anything else is refused with an error matching
+// [pgcc.ErrInvalidArgument] before anything is sent. ctx bounds the statement.
 func (ls *Leases) TryAcquire(ctx context.Context, name, holder string, ttl time.Duration) (*Lease, error) {
+	l, _, err := ls.tryAcquire(ctx, name, holder, ttl)
+	return l, err
+}
+
+// tryAcquire is TryAcquire that also returns the database clock when the statement ran.
+func (ls *Leases) tryAcquire(ctx context.Context, name, holder string, ttl time.Duration) (*Lease, time.Time, error) {
+	if err := ls.check(); err != nil {
+		return nil, time.Time{}, err
+	}
 	if err := checkLease(name, holder, ttl); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	for range acquireRaces {
 		var granted bool
 		l := &Lease{Name: name, TTL: ttl, leases: ls}
 		var now time.Time
+		sent := time.Now()
 		err := ls.db.QueryRow(ctx, acquireSQL, name, holder, ttl.Microseconds()).
 			Scan(&granted, &l.Holder, &l.Token, &l.Acquired, &l.Expires, &now)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -104,33 +128,30 @@ func (ls *Leases) TryAcquire(ctx context.Context, name, holder string, ttl time.
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, time.Time{}, wrap(err)
 		}
 		if !granted {
-			return nil, &HeldError{Name: name, Holder: l.Holder, Since: l.Acquired, Until: l.Expires}
+			return nil, now, &HeldError{Name: name, Holder: l.Holder, Since: l.Acquired, Until: l.Expires}
 		}
-		return l, nil
+		l.trusted = sent.Add(ttl)
+		return l, now, nil
 	}
-	return nil, fmt.Errorf("pgcc: lease %q changed %d times while being acquired", name, acquireRaces)
+	return nil, time.Time{}, fmt.Errorf("pgcc: lease %q changed %d times while being acquired", name, acquireRaces)
 }
 
 // Acquire is [TryAcquire] that waits while the lease is held: it tries again when the current grant is due to
 // expire (checking at least every second, in case it is released early) until it gets the lease or ctx ends.
-// ctx bounds the statements and the waits; when it ends, Acquire returns the context's error joined with the
-// last [*HeldError].
+// Each attempt is one statement, which also reads the database clock the wait is computed from. ctx bounds
+// the statements and the waits; when it ends, Acquire returns the context's error joined with the last
+// [*HeldError].
 func (ls *Leases) Acquire(ctx context.Context, name, holder string, ttl time.Duration) (*Lease, error) {
 	for {
-		l, err := ls.TryAcquire(ctx, name, holder, ttl)
+		l, now, err := ls.tryAcquire(ctx, name, holder, ttl)
 		var held *HeldError
 		if !errors.As(err, &held) {
 			return l, err
 		}
-		var wait time.Duration
-		if err := ls.db.QueryRow(ctx, "SELECT (extract(epoch FROM $1::timestamptz - clock_timestamp()) * 1e6)::bigint", held.Until).
-			Scan(&wait); err != nil {
-			return nil, err
-		}
-		wait = min(max(time.Duration(wait)*time.Microsecond, acquirePollMin), acquirePollMax)
+		wait := min(max(held.Until.Sub(now), acquirePollMin), acquirePollMax)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -143,27 +164,42 @@ func (ls *Leases) Acquire(ctx context.Context, name, holder string, ttl time.Dur
 
 // Renew extends the grant to TTL from now (database clock) and updates l.Expires. A grant that already
 // expired, was released or was taken over cannot be renewed: Renew returns a [*FencedError] (errors.Is
-// [pgcc.ErrFenced]) and the holder must stop the work the lease protected. ctx bounds the statement.
+// [pgcc.ErrFenced]) and the holder must stop the work the lease protected. A Lease with a TTL below a
+// millisecond (one not made by Acquire) is refused with an error matching [pgcc.ErrInvalidArgument]. ctx
+// bounds the statement. [Lease.Keep] renews in the background.
 func (l *Lease) Renew(ctx context.Context) error {
-	var expires time.Time
-	err := l.leases.db.QueryRow(ctx, renewSQL, l.Name, l.Token, l.TTL.Microseconds()).Scan(&expires)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return l.leases.fenced(ctx, l.Name, l.Token)
+	if err := l.check(); err != nil {
+		return err
 	}
+	sent := time.Now()
+	expires, err := l.renew(ctx)
 	if err != nil {
 		return err
 	}
-	l.Expires = expires
+	l.Expires, l.trusted = expires, sent.Add(l.TTL)
 	return nil
+}
+
+// renew runs the renewal and returns the new expiry; it changes nothing in l.
+func (l *Lease) renew(ctx context.Context) (time.Time, error) {
+	var expires time.Time
+	err := l.leases.db.QueryRow(ctx, renewSQL, l.Name, l.Token, l.TTL.Microseconds()).Scan(&expires)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, l.leases.fenced(ctx, l.Name, l.Token)
+	}
+	return expires, wrap(err)
 }
 
 // Release ends the grant now, so the next Acquire succeeds at once (with a greater token). Releasing a grant
 // that already expired or was taken over returns a [*FencedError]: the lease was lost before the work
 // finished, which the caller may want to log. ctx bounds the statement.
 func (l *Lease) Release(ctx context.Context) error {
+	if err := l.check(); err != nil {
+		return err
+	}
 	tag, err := l.leases.db.Exec(ctx, releaseSQL, l.Name, l.Token)
 	if err != nil {
-		return err
+		return wrap(err)
 	}
 	if tag.RowsAffected() == 0 {
 		return l.leases.fenced(ctx, l.Name, l.Token)
@@ -176,7 +212,7 @@ func (ls *Leases) fenced(ctx context.Context, name string, token int64) error {
 	e := &FencedError{Name: name, Token: token}
 	err := ls.db.QueryRow(ctx, currentSQL, name).Scan(&e.Current, &e.Holder, &e.Expires, &e.Expired)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return errors.Join(e, err)
+		return errors.Join(e, wrap(err))
 	}
 	return e
 }
@@ -190,19 +226,29 @@ func (ls *Leases) fenced(ctx context.Context, name string, token int64) error {
 // Under REPEATABLE READ or SERIALIZABLE, a renewal or takeover committed after tx took its snapshot makes
 // Guard fail with SQLSTATE 40001 (serialization_failure), which txn.Run retries with a fresh snapshot.
 //
-// Guard takes WithWait([NoWait]), [WithTimeout] and [WithDiagnostics]; ctx bounds the wait for the row lock
-// as in [Rows].
+// Guard takes [NoWait], [WithTimeout] and [WithDiagnostics]; ctx bounds the wait for the row lock as in
+// lock.Rows. A nil tx or an invalid name is refused with an error matching [pgcc.ErrInvalidArgument].
 func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...GuardOption) error {
 	cfg, err := newGuardConfig(opts)
 	if err != nil {
+		return err
+	}
+	if lockwait.IsNil(tx) {
+		return fmt.Errorf("%w: lease.Guard: no transaction (a nil pgx.Tx)", pgcc.ErrInvalidArgument)
+	}
+	if err := checkText("lease name", name); err != nil {
 		return err
 	}
 	e := &FencedError{Name: name, Token: token}
 	found := false
 	ident := pgx.Identifier{"pgcc", "leases"}.Sanitize()
 	keys := []pgcc.Key{{name}}
+	ks, err := lockwait.NewKeySet(ident, []string{"name"}, keys, nil)
+	if err != nil {
+		return err
+	}
 	req := lockwait.Request{
-		SQL: guardSQL + cfg.waitClause(), Args: []any{name}, InTx: true,
+		SQL: guardSQL + cfg.waitClause(), Args: []any{name}, InTx: true, NoWait: cfg.noWait,
 		Scan: func(rows pgx.Rows) error {
 			if rows.Next() {
 				found = true
@@ -212,11 +258,11 @@ func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...Gua
 		},
 		Describe: func(le *pgcc.LockError) { le.Table, le.KeyColumns, le.Keys = ident, []string{"name"}, keys },
 		Blockers: func(ctx context.Context, db pgcc.DBTX, self int) ([]pgcc.Blocker, error) {
-			return lockwait.RowBlockers(ctx, db, self, ident, []string{"name"}, keys)
+			return lockwait.RowBlockers(ctx, db, self, ks)
 		},
 	}
 	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag}, tx.Conn(), req); err != nil {
-		return err
+		return wrap(err)
 	}
 	if !found || e.Current != token || e.Expired {
 		return e
@@ -224,16 +270,75 @@ func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...Gua
 	return nil
 }
 
-func checkLease(name, holder string, ttl time.Duration) error {
+func (ls *Leases) check() error {
+	if ls == nil || lockwait.IsNil(ls.db) {
+		return fmt.Errorf("%w: no database handle (a nil *lease.Leases, or lease.New(nil))", pgcc.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func (l *Lease) check() error {
 	switch {
-	case name == "":
-		return fmt.Errorf("%w: a lease needs a name", pgcc.ErrInvalidArgument)
-	case holder == "":
-		return fmt.Errorf("%w: a lease needs a holder", pgcc.ErrInvalidArgument)
-	case ttl < time.Millisecond:
+	case l == nil:
+		return fmt.Errorf("%w: a nil *lease.Lease", pgcc.ErrInvalidArgument)
+	case l.leases == nil:
+		return fmt.Errorf("%w: lease %q was not granted by Leases.Acquire or TryAcquire", pgcc.ErrInvalidArgument, l.Name)
+	case l.TTL < time.Millisecond:
+		return fmt.Errorf("%w: lease %q: TTL must be at least 1ms, got %v", pgcc.ErrInvalidArgument, l.Name, l.TTL)
+	}
+	return l.leases.check()
+}
+
+func checkLease(name, holder string, ttl time.Duration) error {
+	if err := checkText("lease name", name); err != nil {
+		return err
+	}
+	if err := checkText("lease holder", holder); err != nil {
+		return err
+	}
+	if ttl < time.Millisecond {
 		return fmt.Errorf("%w: lease TTL must be at least 1ms, got %v", pgcc.ErrInvalidArgument, ttl)
 	}
 	return nil
+}
+
+// checkText refuses a lease name or holder the table cannot store as given.
+func checkText(what, s string) error {
+	var problem string
+	switch {
+	case s == "":
+		problem = "is empty"
+	case len(s) > MaxNameBytes:
+		problem = fmt.Sprintf("is %d bytes long, more than %d", len(s), MaxNameBytes)
+	case !utf8.ValidString(s):
+		problem = "is not valid UTF-8"
+	default:
+		for i := 0; i < len(s); i++ {
+			if s[i] == 0 {
+				problem = "contains a NUL byte"
+				break
+			}
+		}
+	}
+	if problem == "" {
+		return nil
+	}
+	shown := s
+	if len(shown) > 64 {
+		shown = shown[:64] + "…"
+	}
+	return fmt.Errorf("%w: %s %s %s", pgcc.ErrInvalidArgument, what, strconv.Quote(shown), problem)
+}
+
+// wrap says what to do when the lease table is missing (SQLSTATE 42P01, or 3F000 for the schema).
+func wrap(err error) error {
+	switch pgcc.SQLState(err) {
+	case pgerrcode.UndefinedTable, pgerrcode.InvalidSchemaName:
+		return fmt.Errorf("pgcc: the lease table pgcc.leases does not exist in this database: apply pgcc's migrations first, "+
+			"with migrations.Up(ctx, pool) from github.com/pgcc/pgcc/migrations at start-up (or migrations.FS() with your own "+
+			"golang-migrate tooling, version table pgcc.schema_migrations): %w", err)
+	}
+	return err
 }
 
 // HeldError is returned by [Leases.TryAcquire] when another holder has the lease.

@@ -6,10 +6,11 @@ import (
 	"time"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/lockwait"
 )
 
-// GuardOption configures [Guard]. Options are applied in order; a later one overrides an earlier one of the
-// same kind.
+// GuardOption configures [Guard]. Each kind of option may be given once: the same option twice with
+// different values is refused with an error matching [pgcc.ErrInvalidArgument], never decided by the last one.
 type GuardOption func(*guardConfig)
 
 type guardConfig struct {
@@ -24,14 +25,20 @@ type guardConfig struct {
 func NoWait() GuardOption { return func(c *guardConfig) { c.noWait = true } }
 
 // WithTimeout bounds [Guard]'s wait for the lease row: past d it fails with [pgcc.ErrLockNotAvailable]. A
-// context deadline that comes sooner wins. d is rounded up to a whole millisecond and must be positive.
+// context deadline that comes sooner wins. d is rounded up to a whole millisecond; it must be positive and at
+// most lock.MaxTimeout (about 24.8 days, PostgreSQL's largest lock_timeout): anything else is refused.
 func WithTimeout(d time.Duration) GuardOption {
 	return func(c *guardConfig) {
-		if d <= 0 {
+		switch {
+		case d <= 0:
 			c.invalid = append(c.invalid, fmt.Sprintf("lock timeout must be positive, got %v", d))
-			return
+		case d > lockwait.MaxTimeout:
+			c.invalid = append(c.invalid, fmt.Sprintf("lock timeout %v exceeds PostgreSQL's largest lock_timeout, %v", d, lockwait.MaxTimeout))
+		case c.timeout != 0 && c.timeout != d:
+			c.invalid = append(c.invalid, fmt.Sprintf("WithTimeout given twice (%v, then %v)", c.timeout, d))
+		default:
+			c.timeout = d
 		}
-		c.timeout = d
 	}
 }
 
@@ -39,19 +46,22 @@ func WithTimeout(d time.Duration) GuardOption {
 // query looks up who holds the lease row ([pgcc.LockError.Blockers]).
 func WithDiagnostics(db pgcc.DBTX) GuardOption {
 	return func(c *guardConfig) {
-		if db == nil {
+		switch {
+		case lockwait.IsNil(db):
 			c.invalid = append(c.invalid, "WithDiagnostics needs a non-nil handle")
-			return
+		case c.diag != nil && !lockwait.SameHandle(c.diag, db):
+			c.invalid = append(c.invalid, "WithDiagnostics given twice with different handles")
+		default:
+			c.diag = db
 		}
-		c.diag = db
 	}
 }
 
 func newGuardConfig(opts []GuardOption) (*guardConfig, error) {
 	c := &guardConfig{}
-	for _, o := range opts {
+	for i, o := range opts {
 		if o == nil {
-			c.invalid = append(c.invalid, "nil option")
+			c.invalid = append(c.invalid, fmt.Sprintf("option %d is nil", i))
 			continue
 		}
 		o(c)

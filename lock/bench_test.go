@@ -23,7 +23,7 @@ const maxBenchConns = 20
 // BenchmarkRowLock compares a row-locked read-modify-write through lock.Load with the same statements written
 // by hand with pgx:
 //
-//	BEGIN; SELECT id, n FROM items WHERE id = $1 FOR UPDATE; UPDATE items SET n = $2 WHERE id = $1; COMMIT
+//	BEGIN; SELECT id, n FROM items WHERE id = $1 FOR NO KEY UPDATE; UPDATE items SET n = $2 WHERE id = $1; COMMIT
 //
 // on one hot row and on rows drawn at random from 10,000, at 1, 8 and 32 concurrent clients. The "+deadline"
 // variants pass a context with a deadline: pgx then watches it for every statement, and lock.Load also sets
@@ -57,7 +57,7 @@ func BenchmarkRowLock(b *testing.B) {
 		}
 		defer tx.Rollback(ctx)
 		var it item
-		if err := tx.QueryRow(ctx, "SELECT id, n FROM items WHERE id = $1 FOR UPDATE", id).Scan(&it.ID, &it.N); err != nil {
+		if err := tx.QueryRow(ctx, "SELECT id, n FROM items WHERE id = $1 FOR NO KEY UPDATE", id).Scan(&it.ID, &it.N); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, "UPDATE items SET n = $2 WHERE id = $1", id, it.N+1); err != nil {

@@ -11,26 +11,29 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
-	"github.com/pgcc/pgcc/lease"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/txn"
 )
-
-// accounts describes the example table to lock; a *repo.Table[Account] would do the same.
-type accounts struct{ name string }
-
-func (a accounts) Identifier() pgx.Identifier { return pgx.Identifier{a.name} }
-func (accounts) KeyColumns() []string         { return []string{"id"} }
-func (accounts) SelectColumns() []string      { return []string{"id", "balance"} }
 
 type Account struct {
 	ID      int32
 	Balance int64
 }
 
-// Load locks both accounts of a transfer, in key order whichever way the money moves, and reads them: the
-// select_for_update of Django or lock! of Rails. txn.Run retries the transaction if it ever deadlocks with a
-// writer that does not lock in order.
+// accounts describes the example table to lock; a *repo.Table[Account] would do the same.
+func accounts(name string) *lock.TableDef[Account] {
+	t, err := lock.NewTable[Account](name)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+// Load locks both accounts of a transfer and returns them in the order asked, whichever way the money moves
+// (locking itself happens in key order, so transfers in opposite directions cannot deadlock): the
+// select_for_update of Django or lock! of Rails. The transfer first records an order whose foreign keys
+// key-share-lock both accounts; the default strength, FOR NO KEY UPDATE, does not conflict with that, where
+// FOR UPDATE would deadlock two such transfers (docs/pessimistic.md).
 func ExampleLoad() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("PGCC_EXAMPLE_DATABASE_URL"))
@@ -40,40 +43,49 @@ func ExampleLoad() {
 	}
 	defer pool.Close()
 	_, err = pool.Exec(ctx, `
-		DROP TABLE IF EXISTS example_lock_load;
+		DROP TABLE IF EXISTS example_lock_orders, example_lock_load;
 		CREATE TABLE example_lock_load (id int PRIMARY KEY, balance bigint NOT NULL);
+		CREATE TABLE example_lock_orders (id bigserial PRIMARY KEY, from_id int REFERENCES example_lock_load, to_id int REFERENCES example_lock_load, amount bigint);
 		INSERT INTO example_lock_load VALUES (1, 100), (2, 0)`)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer pool.Exec(ctx, "DROP TABLE example_lock_load")
+	defer pool.Exec(ctx, "DROP TABLE example_lock_orders, example_lock_load")
+	table := accounts("example_lock_load")
 
 	transfer := func(from, to int32, amount int64) error {
 		return txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-			rows, err := lock.Load[Account](ctx, tx, accounts{"example_lock_load"}, []pgcc.Key{{from}, {to}}, lock.WithTimeout(2*time.Second))
+			if _, err := tx.Exec(ctx, "INSERT INTO example_lock_orders (from_id, to_id, amount) VALUES ($1, $2, $3)", from, to, amount); err != nil {
+				return err
+			}
+			rows, err := lock.Load(ctx, tx, table, []pgcc.Key{{from}, {to}}, lock.WithTimeout(2*time.Second))
 			if err != nil {
 				return err
 			}
-			balance := map[int32]int64{}
-			for _, a := range rows {
-				balance[a.ID] = a.Balance
+			src, dst := rows[0], rows[1]
+			if src.Balance < amount {
+				return fmt.Errorf("account %d has %d, needs %d", src.ID, src.Balance, amount)
 			}
-			if balance[from] < amount {
-				return fmt.Errorf("account %d has %d, needs %d", from, balance[from], amount)
-			}
-			_, err = tx.Exec(ctx, `UPDATE example_lock_load SET balance = balance + CASE id WHEN $1 THEN -$3::bigint ELSE $3::bigint END
-				WHERE id IN ($1, $2)`, from, to, amount)
+			_, err = tx.Exec(ctx, "UPDATE example_lock_load SET balance = CASE id WHEN $1 THEN $3::bigint ELSE $4::bigint END WHERE id IN ($1, $2)",
+				src.ID, dst.ID, src.Balance-amount, dst.Balance+amount)
 			return err
 		})
 	}
 	fmt.Println(transfer(1, 2, 70))
 	fmt.Println(transfer(2, 1, 20))
 	fmt.Println(transfer(1, 2, 60))
+
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		_, err := lock.Load(ctx, tx, table, []pgcc.Key{{1}, {7}})
+		return err
+	})
+	fmt.Println(errors.Is(err, pgcc.ErrNotFound), err)
 	// Output:
 	// <nil>
 	// <nil>
 	// account 1 has 50, needs 60
+	// true pgcc: "example_lock_load" id=7 not found
 }
 
 // A second transaction asking for a row another holds with NOWAIT fails at once, and the error says who
@@ -95,6 +107,7 @@ func ExampleLockError() {
 		return
 	}
 	defer pool.Exec(ctx, "DROP TABLE example_lock_lockerror")
+	table := accounts("example_lock_lockerror")
 
 	holder, err := pool.Begin(ctx)
 	if err != nil {
@@ -102,19 +115,21 @@ func ExampleLockError() {
 		return
 	}
 	defer holder.Rollback(ctx)
-	if err := lock.Row(ctx, holder, accounts{"example_lock_lockerror"}, pgcc.Key{1}); err != nil {
+	if err := lock.Row(ctx, holder, table, pgcc.Key{1}); err != nil {
 		fmt.Println(err)
 		return
 	}
+	var holderPID int
+	_ = holder.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&holderPID)
 
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		return lock.Row(ctx, tx, accounts{"example_lock_lockerror"}, pgcc.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
+		return lock.Row(ctx, tx, table, pgcc.Key{1}, lock.WithWait(lock.NoWait), lock.WithDiagnostics(pool))
 	})
 	var lockErr *pgcc.LockError
 	if errors.As(err, &lockErr) {
 		fmt.Println("not available:", errors.Is(err, pgcc.ErrLockNotAvailable))
 		fmt.Println("table:", lockErr.Table, "keys:", lockErr.Keys)
-		fmt.Println("held by the holder:", len(lockErr.Blockers) == 1 && lockErr.Blockers[0].PID == int(holder.Conn().PgConn().PID()))
+		fmt.Println("held by the holder:", len(lockErr.Blockers) == 1 && lockErr.Blockers[0].PID == holderPID)
 	}
 	// Output:
 	// not available: true
@@ -122,7 +137,14 @@ func ExampleLockError() {
 	// held by the holder: true
 }
 
-// Workers claim disjoint batches of a queue with SKIP LOCKED and delete what they processed before committing.
+// Job is a row of a work queue that has no version column, described with lock.NewTable.
+type Job struct {
+	ID      int64  `db:"id"`
+	Payload string `db:"payload"`
+}
+
+// Workers claim disjoint batches of a queue with SKIP LOCKED, oldest first, and delete what they processed
+// before committing.
 func ExampleClaim() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("PGCC_EXAMPLE_DATABASE_URL"))
@@ -133,13 +155,18 @@ func ExampleClaim() {
 	defer pool.Close()
 	_, err = pool.Exec(ctx, `
 		DROP TABLE IF EXISTS example_lock_claim;
-		CREATE TABLE example_lock_claim (id int PRIMARY KEY, balance bigint NOT NULL);
-		INSERT INTO example_lock_claim SELECT g, g * 10 FROM generate_series(1, 5) g`)
+		CREATE TABLE example_lock_claim (id bigint PRIMARY KEY, payload text NOT NULL, queue text NOT NULL);
+		INSERT INTO example_lock_claim SELECT g, 'job ' || g, 'mail' FROM generate_series(1, 5) g`)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer pool.Exec(ctx, "DROP TABLE example_lock_claim")
+	jobs, err := lock.NewTable[Job]("example_lock_claim")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 
 	first, err := pool.Begin(ctx)
 	if err != nil {
@@ -147,21 +174,21 @@ func ExampleClaim() {
 		return
 	}
 	defer first.Rollback(ctx)
-	a, _ := lock.Claim[Account](ctx, first, accounts{"example_lock_claim"}, 2)
+	a, _ := lock.Claim(ctx, first, jobs, 2, lock.Where("queue = $1", "mail"))
 	err = pgx.BeginFunc(ctx, pool, func(second pgx.Tx) error {
-		b, err := lock.Claim[Account](ctx, second, accounts{"example_lock_claim"}, 2, lock.Where("balance >= $1", 20))
+		b, err := lock.Claim(ctx, second, jobs, 2, lock.Where("queue = $1", "mail"), lock.OrderBy("id DESC"))
 		fmt.Println("first:", a, "second:", b)
 		return err
 	})
 	fmt.Println(err)
 	// Output:
-	// first: [{1 10} {2 20}] second: [{3 30} {4 40}]
+	// first: [{1 job 1} {2 job 2}] second: [{5 job 5} {4 job 4}]
 	// <nil>
 }
 
-// Only one nightly export at a time: the second caller learns who is running it, and a write guarded by a
-// stale token is refused.
-func ExampleLeases_TryAcquire() {
+// Select locks the rows a predicate chooses and waits for those another transaction holds: Django's
+// filter(…).order_by(…).select_for_update()[:n].
+func ExampleSelect() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("PGCC_EXAMPLE_DATABASE_URL"))
 	if err != nil {
@@ -169,38 +196,26 @@ func ExampleLeases_TryAcquire() {
 		return
 	}
 	defer pool.Close()
-	name := fmt.Sprintf("example-export-%d", time.Now().UnixNano())
-	defer pool.Exec(ctx, "DELETE FROM pgcc.leases WHERE name = $1", name)
-
-	leases := lease.New(pool)
-	mine, err := leases.TryAcquire(ctx, name, "host-a", time.Minute)
+	_, err = pool.Exec(ctx, `
+		DROP TABLE IF EXISTS example_lock_select;
+		CREATE TABLE example_lock_select (id int PRIMARY KEY, balance bigint NOT NULL);
+		INSERT INTO example_lock_select VALUES (1, 500), (2, 20), (3, 900), (4, 10)`)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	_, err = leases.TryAcquire(ctx, name, "host-b", time.Minute)
-	var held *lease.HeldError
-	if errors.As(err, &held) {
-		fmt.Println("already running on", held.Holder)
-	}
+	defer pool.Exec(ctx, "DROP TABLE example_lock_select")
 
-	fmt.Println(mine.Release(ctx))
-	next, err := leases.TryAcquire(ctx, name, "host-b", time.Minute)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	fmt.Println("tokens:", mine.Token, next.Token)
-
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		return lease.Guard(ctx, tx, name, mine.Token) // host-a, paused past its lease, tries to write
+	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		rich, err := lock.Select(ctx, tx, accounts("example_lock_select"),
+			lock.Where("balance >= $1", 100), lock.OrderBy("balance DESC"), lock.Limit(2))
+		fmt.Println(rich)
+		return err
 	})
-	fmt.Println(errors.Is(err, pgcc.ErrFenced))
+	fmt.Println(err)
 	// Output:
-	// already running on host-a
+	// [{3 900} {1 500}]
 	// <nil>
-	// tokens: 1 2
-	// true
 }
 
 // A transaction-scoped advisory lock serialises a job per tenant without a row to lock; it is released at
@@ -228,5 +243,37 @@ func ExampleXactLock() {
 	fmt.Println(err)
 	// Output:
 	// taken by another: false
+	// <nil>
+}
+
+// A singleton worker holds a session lock for as long as it runs, and stops when the lock is lost (its
+// connection died, so another instance may take over).
+func ExampleHeld_Lost() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("PGCC_EXAMPLE_DATABASE_URL"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer pool.Close()
+	h, ok, err := lock.TrySessionLock(ctx, pool, lock.StringKey("example", "singleton"))
+	if err != nil || !ok {
+		fmt.Println("another instance runs:", err)
+		return
+	}
+	work := func(stop <-chan struct{}) string {
+		for range 3 {
+			select {
+			case <-stop:
+				return "lost the lock, stopping"
+			case <-time.After(10 * time.Millisecond): // … one unit of work …
+			}
+		}
+		return "done"
+	}
+	fmt.Println(work(h.Lost()))
+	fmt.Println(h.Release(ctx))
+	// Output:
+	// done
 	// <nil>
 }

@@ -53,7 +53,7 @@ const (
 	// Optimistic reads without locks, writes with a version compare-and-swap (repo) and on conflict reloads
 	// and re-applies (repo.Modify, or txn.Retry around repo.UpdateAll for several rows).
 	Optimistic Strategy = "optimistic"
-	// Pessimistic locks the rows first (lock.Load, SELECT … FOR UPDATE in key order; SKIP LOCKED for the
+	// Pessimistic locks the rows first (lock.Load, SELECT … FOR NO KEY UPDATE in key order; SKIP LOCKED for the
 	// queue), waiting for holders, inside txn.Run.
 	Pessimistic Strategy = "pessimistic"
 	// NoWait locks with NOWAIT and retries the whole transaction with backoff when a row is taken.

@@ -45,7 +45,7 @@ func Demo(ctx context.Context, pool *pgxpool.Pool, cfg Config, w io.Writer) (*Re
 	}
 	fmt.Fprintln(w, "\nnaive: read, then write back, in a READ COMMITTED transaction: concurrent writers overwrite each\n"+
 		"other and the counter ends below the increments that \"succeeded\". Every pgcc strategy ends exact:\n"+
-		"optimistic (repo: version compare-and-swap, retry on conflict), pessimistic (lock: SELECT … FOR UPDATE),\n"+
+		"optimistic (repo: version compare-and-swap, retry on conflict), pessimistic (lock: SELECT … FOR NO KEY UPDATE),\n"+
 		"nowait (FOR UPDATE NOWAIT, retry when busy), serializable (txn: retried serialization failures),\n"+
 		"advisory (lock: pg_advisory_xact_lock). Run `pgcc bench` to see which is fastest for your workload.")
 	return rep, nil

@@ -54,7 +54,8 @@ func (e *env) pgbenchScript(w Workload, st Strategy) string {
 	}
 	forUpdate := ""
 	if st == Pessimistic {
-		forUpdate = " FOR UPDATE"
+		// lock.Load's default strength: what the UPDATE that follows takes itself.
+		forUpdate = " FOR NO KEY UPDATE"
 	}
 	switch st {
 	case Naive, Pessimistic, Serializable, Advisory:

@@ -1,12 +1,24 @@
 // Package lockwait runs lock statements the way packages lock and lease promise: bounded by the context
-// without losing the connection, and failing with a *pgcc.LockError that names the lock and, when asked, who
-// holds it. A context deadline becomes lock_timeout for the one statement (in the same round trip); a
-// cancellation becomes a server cancel request rather than a closed connection.
+// without losing the connection when the server answers, and failing with a *pgcc.LockError that names the
+// lock and, when asked, who holds it.
+//
+// How a request is bounded:
+//   - lock_timeout for the one statement, sent in the same round trip and restored after it: the least of the
+//     caller's explicit timeout (or, without one, the lock_timeout already in force, 0 meaning none) and the
+//     context's deadline, computed by the server so that a shorter SET LOCAL lock_timeout of the caller's
+//     transaction is never lengthened. The deadline's share ends the wait deadlineLead early, so that the
+//     server's answer is back by the deadline.
+//   - the context: the statement runs on a context pgx does not watch (pgx closes the connection on
+//     cancellation). When ctx is cancelled, a cancel request is sent and, with the statement's return, must
+//     come back within CancelGrace; when the deadline passes, the server's own lock_timeout is due and its
+//     answer gets DeadlineGrace. Past the grace, or when the server did not acknowledge the cancel request,
+//     the connection is closed: it can no longer be trusted.
 package lockwait
 
 import (
 	"context"
-	"strconv"
+	"errors"
+	"math"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -17,19 +29,25 @@ import (
 )
 
 const (
-	// CancelGrace is how long a lock request whose context ended waits for the server to answer the cancel
-	// request before it gives up on the connection and closes it (pgx's own behaviour on cancellation).
+	// CancelGrace is how long, after its context was cancelled, a lock request waits for the server to
+	// acknowledge the cancel request and end the statement before it closes the connection. It bounds the
+	// whole sequence once: the cancel request and the wait for the statement share it.
 	CancelGrace = 2 * time.Second
-	// diagTimeout bounds the diagnostic query run after a failed lock request.
-	diagTimeout = 2 * time.Second
-)
 
-// SQL that sets lock_timeout for one statement inside a transaction and restores it afterwards. The previous
-// value is kept in a custom setting of the transaction, so the three statements travel in one round trip.
-const (
-	setLockTimeoutSaving = "SELECT set_config('pgcc.saved_lock_timeout', current_setting('lock_timeout'), true), set_config('lock_timeout', $1, true)"
-	restoreLockTimeout   = "SELECT set_config('lock_timeout', current_setting('pgcc.saved_lock_timeout'), true)"
-	setLockTimeout       = "SELECT set_config('lock_timeout', $1, true)"
+	// DeadlineGrace is CancelGrace after a deadline: the server's own lock_timeout was set to end the wait
+	// deadlineLead before the deadline, so an answer still missing at the deadline means a server that is
+	// busy with something else or cannot be reached; the request returns at most this long after the deadline.
+	DeadlineGrace = 20 * time.Millisecond
+
+	// deadlineLead is how much sooner than the deadline the server is asked to end the wait (at most a quarter
+	// of the time left), so that its answer travels back before the deadline.
+	deadlineLead = 10 * time.Millisecond
+
+	// MaxTimeout is the longest lock_timeout PostgreSQL accepts (2^31-1 ms, about 24.8 days).
+	MaxTimeout = time.Duration(math.MaxInt32) * time.Millisecond
+
+	// diagTimeout bounds the diagnostic queries run after a failed lock request.
+	diagTimeout = 2 * time.Second
 )
 
 // Request is one lock statement and what is needed to run and report it.
@@ -41,9 +59,13 @@ type Request struct {
 	// InTx is true when the statement runs in the caller's transaction (lock_timeout is restored after it)
 	// and false on a bare session (the batch's implicit transaction scopes it).
 	InTx bool
+	// NoWait is true when the statement fails at once rather than wait (NOWAIT): its SQLSTATE 55P03 is then
+	// the refusal, never the deadline, unless the context really ended.
+	NoWait bool
 	// Describe fills the LockError's lock fields (table and keys, or advisory key).
 	Describe func(e *pgcc.LockError)
-	// Blockers finds the sessions holding the lock, through db; nil when it cannot be told.
+	// Blockers finds the sessions holding the lock, through db; self is the requester's backend pid (0 when
+	// unknown). nil when it cannot be told.
 	Blockers func(ctx context.Context, db pgcc.DBTX, self int) ([]pgcc.Blocker, error)
 }
 
@@ -54,67 +76,117 @@ type Config struct {
 	Diag    pgcc.DBTX
 }
 
+// SQL that bounds one statement: it computes the lock_timeout to use from the explicit timeout ($1, 0 for
+// none), the lock_timeout in force (0 = none) and the deadline's share ($2, 0 for none), sets it for the
+// transaction (saving the old value first when the statement runs in the caller's transaction), and returns
+// it, whether the deadline decided it, and the backend's pid.
+const (
+	boundFrom = ` FROM (SELECT CASE WHEN x.d > 0 AND (x.c = 0 OR x.d <= x.c) THEN x.d ELSE x.c END AS ms,
+	x.d > 0 AND (x.c = 0 OR x.d <= x.c) AS by_deadline
+	FROM (SELECT $2::int8 AS d, CASE WHEN $1::int8 > 0 THEN $1::int8
+		ELSE (extract(epoch FROM current_setting('lock_timeout')::interval) * 1000)::int8 END AS c) x) b`
+	boundSaving = `SELECT set_config('pgcc.saved_lock_timeout', current_setting('lock_timeout'), true),
+	set_config('lock_timeout', b.ms::text, true), b.ms, b.by_deadline, pg_backend_pid()` + boundFrom
+	bound              = `SELECT '', set_config('lock_timeout', b.ms::text, true), b.ms, b.by_deadline, pg_backend_pid()` + boundFrom
+	restoreLockTimeout = "SELECT set_config('lock_timeout', current_setting('pgcc.saved_lock_timeout'), true)"
+	backendPID         = "SELECT pg_backend_pid()"
+)
+
+// bounds are the limits sent with a statement, in milliseconds (0 for none).
+type bounds struct {
+	explicit int64
+	deadline int64
+}
+
+func (b bounds) set() bool { return b.explicit > 0 || b.deadline > 0 }
+
+// sent is what the bounding statement reported.
+type sent struct {
+	ms         int64 // the lock_timeout in force for the statement, 0 for none
+	byDeadline bool  // the deadline decided it
+	pid        int32 // the backend's pid, 0 if not asked
+}
+
 // Run sends the lock statement on conn, bounded by ctx and cfg. It returns nil, a *pgcc.LockError for a lock that
 // was not granted (or a context that ended), or the database's error unchanged for anything else.
-//
-// How the context is honoured: a deadline becomes lock_timeout (when it comes before cfg's explicit timeout),
-// sent in the same round trip as the statement. The statement itself runs on a context that ctx does not
-// cancel, because pgx's default reaction to cancellation is to close the connection; instead [watch] sends
-// PostgreSQL a cancel request when ctx ends, the server aborts the wait with SQLSTATE 57014, and the
-// connection stays usable. Only if the server does not answer within CancelGrace is the connection closed.
 func Run(ctx context.Context, cfg Config, conn *pgx.Conn, req Request) error {
 	if err := ctx.Err(); err != nil {
 		return notSent(req, context.Cause(ctx))
 	}
 	start := time.Now()
-	timeout, fromDeadline := cfg.Timeout, false
+	b := bounds{explicit: Millis(cfg.Timeout)}
 	if deadline, ok := ctx.Deadline(); ok {
 		left := time.Until(deadline)
 		if left <= 0 {
 			return notSent(req, context.DeadlineExceeded)
 		}
-		if timeout == 0 || left < timeout {
-			timeout, fromDeadline = left, true
+		if left <= MaxTimeout {
+			// Past lock_timeout's range the deadline is left to the context watch below.
+			lead := min(deadlineLead, left/4)
+			b.deadline = max(int64((left-lead)/time.Millisecond), 1)
 		}
 	}
+	wantPID := cfg.Diag != nil && req.Blockers != nil
 
-	qctx, stop := ctx, func() {}
+	pg := conn.PgConn()
+	qctx, stop := ctx, func() watched { return watched{} }
 	if ctx.Done() != nil {
-		qctx, stop = watch(ctx, conn.PgConn())
+		qctx, stop = watch(ctx, pg, b.deadline > 0)
 	}
+	var s sent
 	var err error
-	if timeout > 0 {
-		err = runWithTimeout(qctx, conn, req, timeout)
+	if b.set() || wantPID {
+		s, err = runBatch(qctx, conn, req, b)
 	} else {
 		err = runPlain(qctx, conn, req)
 	}
-	// After stop, no cancel request is in flight, and one was sent only if ctx has ended.
-	stop()
+	w := stop()
+	closed := false
+	if w.interrupted || w.cancelSent && !w.acknowledged {
+		// The statement was cut off, or a cancel request may still be on its way to the server, where it
+		// would cancel whatever runs next on this session: the connection cannot be trusted any more.
+		closeConn(pg)
+		closed = true
+	}
 
 	var cause error
-	if ctx.Err() != nil {
+	if w.cancelSent || closed {
 		cause = context.Cause(ctx)
 	}
 	if err == nil {
-		if cause != nil {
-			// The lock was granted as the context ended; a cancel request may be on its way. The caller's
-			// transaction must not go on.
-			return Fail(ctx, cfg, conn, req, nil, cause, time.Since(start))
+		if !closed {
+			return nil
 		}
-		return nil
+		// Granted, but the connection (and with it the lock and the transaction) is gone.
+		return Fail(ctx, cfg, req, errConnClosed, cause, time.Since(start), int(s.pid))
 	}
-	code := pgcc.SQLState(err)
-	if cause == nil && fromDeadline && code == pgerrcode.LockNotAvailable {
-		// The lock timeout that ran out was the context's deadline, a hair before Go noticed.
-		cause = context.DeadlineExceeded
-	}
-	switch {
-	case code == pgerrcode.LockNotAvailable, code == pgerrcode.DeadlockDetected:
+	switch code := pgcc.SQLState(err); {
+	case code == pgerrcode.LockNotAvailable:
+		if cause == nil && ctx.Err() != nil {
+			cause = context.Cause(ctx)
+		}
+		if cause == nil && !req.NoWait && s.byDeadline && time.Since(start) >= time.Duration(s.ms)*time.Millisecond {
+			// The lock_timeout that ran out was the context's deadline's share.
+			cause = context.DeadlineExceeded
+		}
+	case code == pgerrcode.DeadlockDetected:
+		cause = nil
 	case cause != nil && (code == pgerrcode.QueryCanceled || code == ""):
 	default:
 		return err
 	}
-	return Fail(ctx, cfg, conn, req, err, cause, time.Since(start))
+	return Fail(ctx, cfg, req, err, cause, time.Since(start), int(s.pid))
+}
+
+// errConnClosed reports a lock granted on a connection that had to be closed afterwards.
+var errConnClosed = errors.New("pgcc: connection closed after the context ended: a cancel request could not be confirmed")
+
+// Millis is d in whole milliseconds, rounded up; 0 for d <= 0.
+func Millis(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 func runPlain(ctx context.Context, conn *pgx.Conn, req Request) error {
@@ -125,38 +197,45 @@ func runPlain(ctx context.Context, conn *pgx.Conn, req Request) error {
 	return consume(rows, req.Scan)
 }
 
-func runWithTimeout(ctx context.Context, conn *pgx.Conn, req Request, timeout time.Duration) error {
-	ms := strconv.FormatInt(int64((timeout+time.Millisecond-1)/time.Millisecond), 10)
-	b := &pgx.Batch{}
-	if req.InTx {
-		b.Queue(setLockTimeoutSaving, ms)
+// runBatch sends, in one round trip, the bounding statement (or only a pid query), the lock statement and,
+// inside the caller's transaction, the statement restoring lock_timeout.
+func runBatch(ctx context.Context, conn *pgx.Conn, req Request, b bounds) (sent, error) {
+	var s sent
+	batch := &pgx.Batch{}
+	switch {
+	case !b.set():
+		batch.Queue(backendPID)
+	case req.InTx:
+		batch.Queue(boundSaving, b.explicit, b.deadline)
+	default:
+		batch.Queue(bound, b.explicit, b.deadline)
+	}
+	batch.Queue(req.SQL, req.Args...)
+	restore := b.set() && req.InTx
+	if restore {
+		batch.Queue(restoreLockTimeout)
+	}
+	br := conn.SendBatch(ctx, batch)
+	var err error
+	if b.set() {
+		var saved, set string
+		err = br.QueryRow().Scan(&saved, &set, &s.ms, &s.byDeadline, &s.pid)
 	} else {
-		b.Queue(setLockTimeout, ms)
+		err = br.QueryRow().Scan(&s.pid)
 	}
-	b.Queue(req.SQL, req.Args...)
-	if req.InTx {
-		b.Queue(restoreLockTimeout)
-	}
-	br := conn.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		_ = br.Close()
-		return err
-	}
-	rows, err := br.Query()
 	if err == nil {
-		err = consume(rows, req.Scan)
-	}
-	if err != nil {
-		_ = br.Close()
-		return err
-	}
-	if req.InTx {
-		if _, err := br.Exec(); err != nil {
-			_ = br.Close()
-			return err
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			err = consume(rows, req.Scan)
 		}
 	}
-	return br.Close()
+	if err == nil && restore {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return s, err
 }
 
 func consume(rows pgx.Rows, scan func(pgx.Rows) error) error {
@@ -172,43 +251,101 @@ func consume(rows pgx.Rows, scan func(pgx.Rows) error) error {
 	return rows.Err()
 }
 
+// watched is what happened while a statement was watched.
+type watched struct {
+	cancelSent   bool // ctx ended before the statement returned, and a cancel request was sent
+	acknowledged bool // the server closed the cancel connection: it has signalled the backend
+	interrupted  bool // the socket's deadline was expired to end the statement
+}
+
 // watch returns a context for the statement that ctx does not cancel, and a stop function to call once the
-// statement has returned. When ctx ends first, a callback sends a cancel request for the connection's
-// backend; if that fails, or no answer comes within CancelGrace, it expires the socket's deadline, so the
-// statement fails and pgx closes the connection (what pgx does at once by default). stop waits for the
-// callback, so nothing outlives the lock request and no cancel request is still in flight when the caller
-// sends its next statement. Until ctx ends nothing runs: context.AfterFunc starts no goroutine, and the
-// returned context has no Done channel for pgx to watch.
-func watch(ctx context.Context, pg *pgconn.PgConn) (context.Context, func()) {
+// statement has returned. When ctx is cancelled first, a callback sends a cancel request for the connection's
+// backend, then waits for the statement to return, both within CancelGrace. When ctx ends by its deadline
+// and serverBound says the server was told to end the wait before it (lock_timeout), no cancel request is
+// sent: the server's answer is due, and the callback waits DeadlineGrace for it (a cancel request at that
+// moment could only arrive late); without serverBound it is a cancel request within DeadlineGrace. Past the
+// grace it expires the socket's deadline, so the statement fails (pgx then closes the connection).
+//
+// What stop guarantees: when it returns, the callback has finished, so nothing outlives the request; and
+// either no cancel request was sent, or the server acknowledged it, or the result says it was not
+// acknowledged (the caller then closes the connection). An acknowledged cancel request is harmless to the
+// next statement: PostgreSQL closes the cancel connection only after signalling the backend, the signal is
+// pending before the caller can send anything else, and a backend that takes it while idle discards it
+// (lock's TestCancelRace checks this with thousands of cancels). Until ctx ends nothing runs:
+// context.AfterFunc starts no goroutine, and the returned context has no Done channel for pgx to watch.
+func watch(ctx context.Context, pg *pgconn.PgConn, serverBound bool) (context.Context, func() watched) {
 	done := make(chan struct{})
 	finished := make(chan struct{})
+	var w watched
 	stopAfter := context.AfterFunc(ctx, func() {
 		defer close(finished)
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CancelGrace)
-		err := pg.CancelRequest(cctx)
-		cancel()
-		if err == nil {
-			t := time.NewTimer(CancelGrace)
-			defer t.Stop()
-			select {
-			case <-done:
-				return
-			case <-t.C:
+		grace := CancelGrace
+		byDeadline := errors.Is(ctx.Err(), context.DeadlineExceeded)
+		if byDeadline {
+			grace = DeadlineGrace
+		}
+		limit := time.Now().Add(grace)
+		if byDeadline && serverBound {
+			if !waitFor(done, grace) {
+				w.interrupted = true
+				_ = pg.Conn().SetDeadline(time.Now().Add(-time.Second))
 			}
+			return
+		}
+		w.cancelSent = true
+		cctx, cancel := context.WithDeadline(context.Background(), limit)
+		err := pg.CancelRequest(cctx)
+		// pgx's CancelRequest returns nil when its wait for the server's acknowledgement times out, too.
+		w.acknowledged = err == nil && cctx.Err() == nil
+		cancel()
+		if w.acknowledged && waitFor(done, time.Until(limit)) {
+			return
 		}
 		select {
 		case <-done:
 		default:
+			w.interrupted = true
 			_ = pg.Conn().SetDeadline(time.Now().Add(-time.Second))
 		}
 	})
-	return context.WithoutCancel(ctx), func() {
+	return context.WithoutCancel(ctx), func() watched {
 		if stopAfter() {
-			return
+			return watched{}
 		}
 		close(done)
 		<-finished
+		return w
 	}
+}
+
+// waitFor reports whether ch was closed within d.
+func waitFor(ch <-chan struct{}, d time.Duration) bool {
+	if d <= 0 {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// closeConn closes pg at once (its socket's deadline may already have expired).
+func closeConn(pg *pgconn.PgConn) {
+	if pg.IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), DeadlineGrace)
+	defer cancel()
+	_ = pg.Close(ctx)
 }
 
 // notSent is the LockError for a request whose context ended before anything was sent.
@@ -219,40 +356,14 @@ func notSent(req Request, cause error) error {
 }
 
 // Fail builds the LockError for a request that was not granted after waiting for waited (err is nil for a
-// failed try-lock) and, when cfg allows, asks who holds the lock.
-func Fail(ctx context.Context, cfg Config, conn *pgx.Conn, req Request, err, cause error, waited time.Duration) error {
+// failed try-lock) and, when cfg asks for it, looks up who holds the lock, excluding the backend self.
+func Fail(ctx context.Context, cfg Config, req Request, err, cause error, waited time.Duration, self int) error {
 	e := &pgcc.LockError{Err: err, Cause: cause, Waited: waited}
 	req.Describe(e)
 	if cfg.Diag != nil && req.Blockers != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), diagTimeout)
 		defer cancel()
-		e.Blockers, e.DiagnosticsErr = req.Blockers(dctx, cfg.Diag, int(conn.PgConn().PID()))
+		e.Blockers, e.DiagnosticsErr = req.Blockers(dctx, cfg.Diag, self)
 	}
 	return e
-}
-
-// blockerColumns reads a session out of pg_stat_activity a, with the database clock for HeldFor.
-const blockerColumns = `a.pid, coalesce(a.application_name, ''), coalesce(a.state, ''), coalesce(a.query, ''),
-	a.xact_start, coalesce(extract(epoch FROM clock_timestamp() - a.xact_start) * 1e6, 0)::bigint,
-	coalesce(a.wait_event_type || ':' || a.wait_event, '')`
-
-func collectBlockers(rows pgx.Rows, err error) ([]pgcc.Blocker, error) {
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (pgcc.Blocker, error) {
-		var b pgcc.Blocker
-		var pid int32
-		var start *time.Time
-		var heldMicros int64
-		if err := row.Scan(&pid, &b.Application, &b.State, &b.Query, &start, &heldMicros, &b.WaitEvent); err != nil {
-			return b, err
-		}
-		b.PID = int(pid)
-		if start != nil {
-			b.XactStart = *start
-		}
-		b.HeldFor = time.Duration(heldMicros) * time.Microsecond
-		return b, nil
-	})
 }
