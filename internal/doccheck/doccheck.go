@@ -109,6 +109,7 @@ var Packages = map[string]string{
 
 // Checker type-checks snippets against the export data of the packages they may use.
 type Checker struct {
+	dir     string // the repository's root
 	fset    *token.FileSet
 	imp     types.Importer
 	prelude *ast.File
@@ -146,7 +147,7 @@ func NewChecker(dir string, imports []string, prelude string) (*Checker, error) 
 	if err != nil {
 		return nil, fmt.Errorf("prelude: %w", err)
 	}
-	return &Checker{fset: fset, imp: importer.ForCompiler(fset, "gc", lookup), prelude: pre, imports: imports}, nil
+	return &Checker{dir: dir, fset: fset, imp: importer.ForCompiler(fset, "gc", lookup), prelude: pre, imports: imports}, nil
 }
 
 // Check type-checks one block and returns its errors; nil means it compiles.
@@ -273,6 +274,13 @@ func (c *Checker) CheckSpan(s Span) error {
 	if err != nil {
 		return fmt.Errorf("%s:%d: `%s`: %v", s.File, s.Line, s.Text, err)
 	}
+	if strings.HasPrefix(m[2], "Example") {
+		// A runnable example lives in the package's test files, which export data does not cover.
+		if !c.hasExample(path, m[2]) {
+			return fmt.Errorf("%s:%d: `%s`: package %s has no example %s", s.File, s.Line, s.Text, m[1], m[2])
+		}
+		return nil
+	}
 	obj := pkg.Scope().Lookup(m[2])
 	if obj == nil {
 		return fmt.Errorf("%s:%d: `%s`: package %s has no member %s", s.File, s.Line, s.Text, m[1], m[2])
@@ -289,6 +297,19 @@ func (c *Checker) CheckSpan(s Span) error {
 		return fmt.Errorf("%s:%d: `%s`: %s.%s has no field or method %s", s.File, s.Line, s.Text, m[1], m[2], m[3])
 	}
 	return nil
+}
+
+// hasExample reports whether a test file of the package at path declares the example function name.
+func (c *Checker) hasExample(path, name string) bool {
+	rel := strings.TrimPrefix(strings.TrimPrefix(path, "github.com/pgcc/pgcc"), "/")
+	files, _ := filepath.Glob(filepath.Join(c.dir, rel, "*_test.go"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && bytes.Contains(b, []byte("func "+name+"(")) {
+			return true
+		}
+	}
+	return false
 }
 
 // MarkdownFiles lists README.md and every .md file under docs/ of the repository at root, sorted, as paths
