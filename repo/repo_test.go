@@ -521,10 +521,10 @@ func TestUpdateAllInTx(t *testing.T) {
 	}
 }
 
-// TestUpdateAllChunks: a batch larger than one statement is split, still all or nothing.
-func TestUpdateAllChunks(t *testing.T) {
+// TestUpdateAllLarge: a batch of thousands of rows is one statement, still all or nothing.
+func TestUpdateAllLarge(t *testing.T) {
 	t.Parallel()
-	const n = 2500 // three statements, the last one short
+	const n = 2500
 	_, pool, accounts := setup(t, n)
 	ctx := context.Background()
 	rows, err := pool.Query(ctx, "SELECT id, owner, balance, version FROM accounts ORDER BY id")
@@ -547,7 +547,7 @@ func TestUpdateAllChunks(t *testing.T) {
 		t.Fatalf("UpdateAll: %v, want one conflict on the last row", err)
 	}
 	if got := queryInt(t, pool, "SELECT count(*) FROM accounts WHERE balance <> 100"); got != 0 {
-		t.Fatalf("%d rows written by a failed chunked batch", got)
+		t.Fatalf("%d rows written by a failed batch", got)
 	}
 	all[n-1].Version = 2
 	if err := accounts.UpdateAll(ctx, pool, all); err != nil {

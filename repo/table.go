@@ -170,7 +170,7 @@ type Table[T any] struct {
 	version field
 	tracked []int // index of the embedded Tracked, nil when T embeds none
 
-	partial sync.Map                 // partialKey → *partialStmt, for UpdateColumns and write options
+	partial sync.Map                       // partialKey → *partialStmt, for UpdateColumns and write options
 	bulk    atomic.Pointer[bulkStatements] // the bulk statements, built on first use from the catalog
 }
 
