@@ -263,7 +263,7 @@ func (t *Table[T]) write(ctx context.Context, db pgcc.DBTX, row *T, op, sql stri
 
 // send sends one compare-and-swap statement for row and reports whether it wrote the row, and the version it
 // compared with. When the statement returns the version after the write (mode.bumps), send sets it in row,
-// and (mode.restore) registers with a [txn.Run] transaction that a rollback puts the old one back.
+// having registered (mode.restore) with a [txn.Run] transaction that a rollback puts the old one back.
 func (t *Table[T]) send(ctx context.Context, db pgcc.DBTX, row *T, op, sql string, set []int, mode writeMode) (bool, version, error) {
 	v := reflect.ValueOf(row).Elem()
 	vf := v.FieldByIndex(t.version.index)
@@ -274,10 +274,13 @@ func (t *Table[T]) send(ctx context.Context, db pgcc.DBTX, row *T, op, sql strin
 		args = append(args, t.versionArg(vf))
 	}
 	var written bool
-	var after version
 	var err error
 	if mode.bumps {
-		after, err = t.scanVersion(db.QueryRow(ctx, sql, args...))
+		if mode.restore {
+			restoreOnRollback(db, vf, nil)
+		}
+		// Scanned straight into the row: a statement that wrote nothing (pgx.ErrNoRows) leaves it as it was.
+		err = db.QueryRow(ctx, sql, args...).Scan(vf.Addr().Interface())
 		written = err == nil
 		if errors.Is(err, pgx.ErrNoRows) {
 			err = nil
@@ -289,12 +292,6 @@ func (t *Table[T]) send(ctx context.Context, db pgcc.DBTX, row *T, op, sql strin
 	}
 	if err != nil {
 		return false, expected, fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err)
-	}
-	if written && mode.bumps {
-		if mode.restore {
-			restoreOnRollback(db, vf, nil)
-		}
-		t.setVersion(vf, after)
 	}
 	return written, expected, nil
 }
