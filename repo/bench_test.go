@@ -90,7 +90,7 @@ func BenchmarkUpdate(b *testing.B) {
 	})
 	// The statement repo sends, which also keeps the version when no value changes (see Table.Update), written
 	// by hand: the difference to "pgx" is the statement's, the difference to "repo" the library's.
-	const updateKeepingVersion = `UPDATE "accounts" AS t SET "owner" = p."owner", "balance" = p."balance", "version" = CASE WHEN ROW(p."owner", p."balance")::record *<> ROW(t."owner", t."balance") THEN coalesce(t."version", 0) + 1 ELSE t."version" END FROM ((SELECT "owner", "balance" FROM "accounts" LIMIT 0) UNION ALL SELECT $1, $2) AS p WHERE t."id" = $3 AND coalesce(t."version", 0) = $4 RETURNING coalesce(t."version", 0)`
+	const updateKeepingVersion = `UPDATE "accounts" AS t SET "owner" = CASE WHEN false THEN t."owner" ELSE $1 END, "balance" = CASE WHEN false THEN t."balance" ELSE $2 END, "version" = CASE WHEN ROW(CASE WHEN false THEN t."owner" ELSE $1 END, CASE WHEN false THEN t."balance" ELSE $2 END)::record *<> ROW(CASE WHEN true THEN t."owner" ELSE $1 END, CASE WHEN true THEN t."balance" ELSE $2 END)::record THEN coalesce(t."version", 0) + 1 ELSE t."version" END WHERE t."id" = $3 AND coalesce(t."version", 0) = $4 RETURNING coalesce(t."version", 0)`
 	b.Run("pgx-same-sql", func(b *testing.B) {
 		all := loadAll(b, pool)
 		b.ReportAllocs()

@@ -182,16 +182,34 @@ func (t *Table[T]) bulkPlan(ctx context.Context, tx pgx.Tx) (*bulkStatements, er
 func (t *Table[T]) bulkArgs(tx pgx.Tx, plan *bulkStatements, values []reflect.Value, cols []int) ([]any, error) {
 	m := tx.Conn().TypeMap()
 	args := make([]any, 0, len(cols)+1)
+	ends := make([]int, len(values)) // where each value's text ends in the column's buffer; -1 for NULL
+	var buf []byte
 	for _, pos := range cols {
 		ct := plan.types[pos]
-		texts := make([]pgtype.Text, len(values))
+		buf = buf[:0]
 		for i, v := range values {
 			val := v.FieldByIndex(t.fields[pos].index).Interface()
-			buf, err := m.Encode(ct.oid, pgtype.TextFormatCode, val, nil)
+			out, err := m.Encode(ct.oid, pgtype.TextFormatCode, val, buf)
 			if err != nil {
 				return nil, fmt.Errorf("pgcc: bulk update %s: row %d, column %q: %w", t.quoted, i, t.d.cols[pos], err)
 			}
-			texts[i] = pgtype.Text{String: string(buf), Valid: buf != nil}
+			if out == nil { // NULL: Encode appends nothing and returns nil
+				ends[i] = -1
+				continue
+			}
+			buf = out
+			ends[i] = len(buf)
+		}
+		// One string per column, sliced into the values' texts.
+		all := string(buf)
+		texts := make([]pgtype.Text, len(values))
+		start := 0
+		for i, end := range ends {
+			if end < 0 {
+				continue
+			}
+			texts[i] = pgtype.Text{String: all[start:end], Valid: true}
+			start = end
 		}
 		args = append(args, texts)
 	}

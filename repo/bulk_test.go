@@ -158,6 +158,21 @@ func TestUpdateAllTypes(t *testing.T) {
 			t.Fatalf("stored %+v, want %+v", got, w)
 		}
 	}
+	// Single-row writes of the same types: the domain column is compared as its base type.
+	one := mustGet(t, gadgets, pool, int64(2))
+	if err := gadgets.Update(ctx, pool, &one); err != nil || one.Version != 2 {
+		t.Fatalf("no-op Update of a row with a domain, an enum, json: %v, version %d", err, one.Version)
+	}
+	one.Weight, one.Tags = 2.5, []string{"z"}
+	if err := gadgets.Update(ctx, pool, &one); err != nil || one.Version != 3 {
+		t.Fatalf("Update of a row with a domain, an enum, json: %v, version %d", err, one.Version)
+	}
+	one.Weight = -2
+	if err := gadgets.UpdateColumns(ctx, pool, &one, "weight"); pgCode(err) != "23514" {
+		t.Fatalf("Update violating a domain: %v, want SQLSTATE 23514", err)
+	}
+	one.Weight = 2.5
+	want[1] = one
 	bad := want[1]
 	bad.Weight = -1 // the domain's CHECK refuses it: PostgreSQL's error, nothing written
 	if err := gadgets.UpdateAll(ctx, pool, []*Gadget{&want[0], &bad}); pgCode(err) != "23514" {

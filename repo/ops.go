@@ -466,8 +466,7 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 		retry = retryConflict
 	}
 	all := make([]txn.Option, 0, len(opts)+3)
-	all = append(all, txn.RetryIf(retry), txn.WithMaxAttempts(DefaultModifyAttempts),
-		txn.WithBackoff(txn.Backoff{Base: DefaultModifyBackoffBase, Cap: DefaultModifyBackoffCap}))
+	all = append(all, txn.RetryIf(retry), modifyAttempts, modifyBackoff)
 	all = append(all, opts...)
 	// After a conflict the row is read once: that read is both the actual version the error reports and the
 	// starting point of the next attempt. A plain read is honest here, unlike after a bare Update: outside a
@@ -522,6 +521,12 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 	}
 	return out, nil
 }
+
+// Modify's default attempts and backoff, made once: an option is a closure, which allocates.
+var (
+	modifyAttempts = txn.WithMaxAttempts(DefaultModifyAttempts)
+	modifyBackoff  = txn.WithBackoff(txn.Backoff{Base: DefaultModifyBackoffBase, Cap: DefaultModifyBackoffCap})
+)
 
 func retryConflict(err error) bool { return errors.Is(err, pgcc.ErrConflict) }
 

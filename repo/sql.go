@@ -198,46 +198,44 @@ func (d *desc) writeCols(b *strings.Builder, alias string, positions []int) {
 	}
 }
 
-// changed is the test that a write changes a value: the new values (columns set of alias from) against the
-// row's (alias to), compared by their binary images with the record operator *<>, which needs no equality
-// operator (json has none) and sees every difference (1.0 and 1.00, -0 and 0, 'a' and 'A' in citext). The
-// ::record cast keeps PostgreSQL from expanding the comparison column by column.
-func (d *desc) changed(b *strings.Builder, from, to string, set []int) {
-	b.WriteString("ROW(")
-	d.writeCols(b, from, set)
-	b.WriteString(")::record *<> ROW(")
-	d.writeCols(b, to, set)
-	b.WriteString(")")
+// changed writes the test that a write changes a value: the new values against the row's old ones (SQL
+// expressions, one per column written), compared by their binary images with the record operator *<>,
+// which needs no equality operator (json has none) and sees every difference (1.0 and 1.00, -0 and 0, 'a' and
+// 'A' in citext). The ::record casts keep PostgreSQL from expanding the comparison column by column.
+func changed(b *strings.Builder, newVals, oldVals []string) {
+	b.WriteString("ROW(" + strings.Join(newVals, ", ") + ")::record *<> ROW(" + strings.Join(oldVals, ", ") + ")::record")
 }
 
-// assignVersion writes the SET item for the version of a write of the columns at set, their new values
-// read from alias from: for a counter or timestamp, the next version when a value changes, and the version
-// unchanged otherwise; for xmin, which every UPDATE changes, a no-op assignment of the first key column when
-// set is empty (an UPDATE needs one SET item). It reports whether it wrote anything.
-func (d *desc) assignVersion(b *strings.Builder, from string, set []int) bool {
+// assignVersion writes the SET item for the version of a write whose new values are newVals and whose
+// columns' old values are oldVals: for a counter or timestamp, the next version when a value changes, and the
+// version unchanged otherwise; for xmin, which every UPDATE changes, a no-op assignment of the first key column
+// when nothing else is written (an UPDATE needs one SET item). It reports whether it wrote anything.
+func (d *desc) assignVersion(b *strings.Builder, newVals, oldVals []string) bool {
 	if d.kind == VersionXmin {
-		if len(set) > 0 {
+		if len(newVals) > 0 {
 			return false
 		}
-		b.WriteString(quote(d.cols[d.key[0]]))
-		b.WriteString(" = t.")
-		b.WriteString(quote(d.cols[d.key[0]]))
+		b.WriteString(quote(d.cols[d.key[0]]) + " = t." + quote(d.cols[d.key[0]]))
 		return true
 	}
-	b.WriteString(quote(d.cols[d.version]))
-	if len(set) == 0 {
-		b.WriteString(" = t.")
-		b.WriteString(quote(d.cols[d.version]))
+	v := quote(d.cols[d.version])
+	if len(newVals) == 0 {
+		b.WriteString(v + " = t." + v)
 		return true
 	}
-	b.WriteString(" = CASE WHEN ")
-	d.changed(b, from, "t", set)
-	b.WriteString(" THEN ")
-	b.WriteString(d.nextVersion("t"))
-	b.WriteString(" ELSE t.")
-	b.WriteString(quote(d.cols[d.version]))
-	b.WriteString(" END")
+	b.WriteString(v + " = CASE WHEN ")
+	changed(b, newVals, oldVals)
+	b.WriteString(" THEN " + d.nextVersion("t") + " ELSE t." + v + " END")
 	return true
+}
+
+// colsOf is the columns at positions, each qualified by alias.
+func (d *desc) colsOf(alias string, positions []int) []string {
+	out := make([]string, len(positions))
+	for i, pos := range positions {
+		out[i] = d.col(alias, pos)
+	}
+	return out
 }
 
 // selectList is the columns in struct order, the version as versionRead has it.
@@ -393,7 +391,7 @@ func (d *desc) upsertSQL(insert string, s *statements) string {
 		b.WriteString(quote(d.cols[pos]))
 		b.WriteString(", ")
 	}
-	d.assignVersion(&b, "excluded", set)
+	d.assignVersion(&b, d.colsOf("excluded", set), d.colsOf("t", set))
 	b.WriteString(" WHERE ")
 	b.WriteString(d.versionRead("t"))
 	b.WriteString(" = 0")
@@ -405,34 +403,38 @@ func (d *desc) upsertSQL(insert string, s *statements) string {
 // updateSQL is the UPDATE of the columns at positions set. Parameters $1… are those columns, then the key,
 // then, when check, the expected version.
 //
-// With bump the version changes when a value does: for a counter or timestamp table the new values come from
-// a derived table p, a first branch reading zero rows of the table itself followed by the parameters, so that
-// PostgreSQL types each parameter as its column before comparing it with the row (a bare parameter compared
-// with ROW(…) would be typed text). RETURNING gives the version after the write. Without bump the version is
-// left alone (not possible for xmin, which the caller refuses).
+// With bump the version changes when a value does, and RETURNING gives the version after the write. Comparing
+// a parameter with the row needs the parameter's type, which PostgreSQL infers from each use: in the SET
+// item of a domain column it would be the domain, in ROW(…) nothing (text). So for a counter or timestamp
+// table every use of parameter $n is the expression CASE WHEN false THEN t.c ELSE $n END, which types $n as
+// column c (a domain as its base type, the assignment then checks the domain) and which the planner folds
+// to $n; the old values are read the same way, CASE WHEN true THEN t.c ELSE $n END, so that both sides of
+// the comparison have one type. Without bump the version is left alone (not possible for xmin, which the
+// caller refuses).
 func (d *desc) updateSQL(set []int, check, bump bool) string {
 	var b strings.Builder
 	b.WriteString("UPDATE ")
 	b.WriteString(d.ident().Sanitize())
 	b.WriteString(" AS t SET ")
-	viaP := bump && d.kind != VersionXmin && len(set) > 0
+	typed := bump && d.kind != VersionXmin
+	newVals := make([]string, len(set))
+	oldVals := make([]string, len(set))
 	for i, pos := range set {
+		param := "$" + strconv.Itoa(i+1)
+		newVals[i], oldVals[i] = param, d.col("t", pos)
+		if typed {
+			newVals[i] = "CASE WHEN false THEN " + d.col("t", pos) + " ELSE " + param + " END"
+			oldVals[i] = "CASE WHEN true THEN " + d.col("t", pos) + " ELSE " + param + " END"
+		}
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString(quote(d.cols[pos]))
-		if viaP {
-			b.WriteString(" = p.")
-			b.WriteString(quote(d.cols[pos]))
-		} else {
-			b.WriteString(" = $")
-			b.WriteString(strconv.Itoa(i + 1))
-		}
+		b.WriteString(quote(d.cols[pos]) + " = " + newVals[i])
 	}
 	switch {
 	case bump:
 		var item strings.Builder
-		if d.assignVersion(&item, "p", set) {
+		if d.assignVersion(&item, newVals, oldVals) {
 			if len(set) > 0 {
 				b.WriteString(", ")
 			}
@@ -441,21 +443,6 @@ func (d *desc) updateSQL(set []int, check, bump bool) string {
 	case len(set) == 0:
 		// Nothing to write and the version kept: an UPDATE needs one SET item.
 		b.WriteString(quote(d.cols[d.version]) + " = t." + quote(d.cols[d.version]))
-	}
-	if viaP {
-		b.WriteString(" FROM ((SELECT ")
-		d.writeCols(&b, "", set)
-		b.WriteString(" FROM ")
-		b.WriteString(d.ident().Sanitize())
-		b.WriteString(" LIMIT 0) UNION ALL SELECT ")
-		for i := range set {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString("$")
-			b.WriteString(strconv.Itoa(i + 1))
-		}
-		b.WriteString(") AS p")
 	}
 	b.WriteString(" WHERE ")
 	n := d.whereKey(&b, "t", len(set)+1)
@@ -477,7 +464,7 @@ func (d *desc) forceSQL() string {
 	b.WriteString(d.ident().Sanitize())
 	b.WriteString(" AS t SET ")
 	if d.kind == VersionXmin {
-		d.assignVersion(&b, "", nil)
+		d.assignVersion(&b, nil, nil)
 	} else {
 		b.WriteString(quote(d.cols[d.version]))
 		b.WriteString(" = ")
@@ -561,30 +548,14 @@ func (d *desc) bulkColumns(set []int) []int {
 // which changed only when a value did (xmin: always).
 func (d *desc) bulkSQL(set []int, types []colType) string {
 	cols := d.bulkColumns(set)
-	var items []string
-	var fromV strings.Builder // the new values, as v's columns, for changed
+	var items, newVals []string
 	for i, pos := range set {
 		v := "v.c" + strconv.Itoa(len(d.key)+i+1)
 		items = append(items, quote(d.cols[pos])+" = "+v)
-		if i > 0 {
-			fromV.WriteString(", ")
-		}
-		fromV.WriteString(v)
+		newVals = append(newVals, v)
 	}
 	var b strings.Builder
-	switch {
-	case d.kind == VersionXmin && len(set) == 0:
-		d.assignVersion(&b, "", nil)
-		items = append(items, b.String())
-	case d.kind == VersionXmin:
-		// Every UPDATE gives the row a new xmin.
-	case len(set) == 0:
-		items = append(items, quote(d.cols[d.version])+" = t."+quote(d.cols[d.version]))
-	default:
-		b.WriteString(quote(d.cols[d.version]))
-		b.WriteString(" = CASE WHEN ROW(" + fromV.String() + ")::record *<> ROW(")
-		d.writeCols(&b, "t", set)
-		b.WriteString(") THEN " + d.nextVersion("t") + " ELSE t." + quote(d.cols[d.version]) + " END")
+	if d.assignVersion(&b, newVals, d.colsOf("t", set)) {
 		items = append(items, b.String())
 	}
 	b.Reset()

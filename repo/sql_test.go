@@ -231,14 +231,14 @@ func TestBuildShape(t *testing.T) {
 		{s.get, `SELECT "id", "owner", coalesce("version", 0) FROM "accounts" WHERE "id" = $1`},
 		{s.insert, `INSERT INTO "accounts" AS t ("id", "owner", "version") VALUES ($1, $2, 1)`},
 		{s.insertOrGet, `INSERT INTO "accounts" AS t ("id", "owner", "version") VALUES ($1, $2, 1) ON CONFLICT ("id") DO NOTHING RETURNING coalesce("version", 0)`},
-		{s.upsert, `INSERT INTO "accounts" AS t ("id", "owner", "version") VALUES ($1, $2, 1) ON CONFLICT ("id") DO UPDATE SET "owner" = excluded."owner", "version" = CASE WHEN ROW(excluded."owner")::record *<> ROW(t."owner") THEN coalesce(t."version", 0) + 1 ELSE t."version" END WHERE coalesce(t."version", 0) = 0 RETURNING coalesce(t."version", 0), t.xmax = 0`},
-		{s.update, `UPDATE "accounts" AS t SET "owner" = p."owner", "version" = CASE WHEN ROW(p."owner")::record *<> ROW(t."owner") THEN coalesce(t."version", 0) + 1 ELSE t."version" END FROM ((SELECT "owner" FROM "accounts" LIMIT 0) UNION ALL SELECT $1) AS p WHERE t."id" = $2 AND coalesce(t."version", 0) = $3 RETURNING coalesce(t."version", 0)`},
+		{s.upsert, `INSERT INTO "accounts" AS t ("id", "owner", "version") VALUES ($1, $2, 1) ON CONFLICT ("id") DO UPDATE SET "owner" = excluded."owner", "version" = CASE WHEN ROW(excluded."owner")::record *<> ROW(t."owner")::record THEN coalesce(t."version", 0) + 1 ELSE t."version" END WHERE coalesce(t."version", 0) = 0 RETURNING coalesce(t."version", 0), t.xmax = 0`},
+		{s.update, `UPDATE "accounts" AS t SET "owner" = CASE WHEN false THEN t."owner" ELSE $1 END, "version" = CASE WHEN ROW(CASE WHEN false THEN t."owner" ELSE $1 END)::record *<> ROW(CASE WHEN true THEN t."owner" ELSE $1 END)::record THEN coalesce(t."version", 0) + 1 ELSE t."version" END WHERE t."id" = $2 AND coalesce(t."version", 0) = $3 RETURNING coalesce(t."version", 0)`},
 		{d.updateSQL(s.updateSet, false, false), `UPDATE "accounts" AS t SET "owner" = $1 WHERE t."id" = $2`},
 		{s.delete, `DELETE FROM "accounts" AS t WHERE t."id" = $1 AND coalesce(t."version", 0) = $2`},
 		{s.deleteAny, `DELETE FROM "accounts" AS t WHERE t."id" = $1`},
 		{s.force, `UPDATE "accounts" AS t SET "version" = coalesce(t."version", 0) + 1 WHERE t."id" = $1 AND coalesce(t."version", 0) = $2 RETURNING coalesce(t."version", 0)`},
 		{s.probe, `SELECT coalesce("version", 0) FROM "accounts" WHERE "id" = $1 FOR SHARE`},
-		{d.bulkSQL(s.updateSet, types), `UPDATE "accounts" AS t SET "owner" = v.c2, "version" = CASE WHEN ROW(v.c2)::record *<> ROW(t."owner") THEN coalesce(t."version", 0) + 1 ELSE t."version" END FROM (SELECT u.ord, u.c1::bigint AS c1, u.c2::text AS c2, u.ver FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS u(c1, c2, ver, ord)) AS v WHERE t."id" = v.c1 AND coalesce(t."version", 0) = v.ver RETURNING v.ord, coalesce(t."version", 0)`},
+		{d.bulkSQL(s.updateSet, types), `UPDATE "accounts" AS t SET "owner" = v.c2, "version" = CASE WHEN ROW(v.c2)::record *<> ROW(t."owner")::record THEN coalesce(t."version", 0) + 1 ELSE t."version" END FROM (SELECT u.ord, u.c1::bigint AS c1, u.c2::text AS c2, u.ver FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS u(c1, c2, ver, ord)) AS v WHERE t."id" = v.c1 AND coalesce(t."version", 0) = v.ver RETURNING v.ord, coalesce(t."version", 0)`},
 		{d.bulkProbeSQL(types), `SELECT v.ord, coalesce(t."version", 0) FROM "accounts" AS t JOIN (SELECT u.ord, u.c1::bigint AS c1 FROM unnest($1::text[]) WITH ORDINALITY AS u(c1, ord)) AS v ON t."id" = v.c1 FOR SHARE OF t`},
 	} {
 		if tc.got != tc.want {
@@ -259,7 +259,7 @@ func TestBuildShape(t *testing.T) {
 	tss := ts.build()
 	for _, tc := range []struct{ got, want string }{
 		{tss.insert, `INSERT INTO "posts" AS t ("id", "body", "updated_at") VALUES ($1, $2, clock_timestamp()) RETURNING "updated_at"`},
-		{tss.update, `UPDATE "posts" AS t SET "body" = p."body", "updated_at" = CASE WHEN ROW(p."body")::record *<> ROW(t."body") THEN greatest(clock_timestamp(), t."updated_at" + interval '1 microsecond') ELSE t."updated_at" END FROM ((SELECT "body" FROM "posts" LIMIT 0) UNION ALL SELECT $1) AS p WHERE t."id" = $2 AND t."updated_at" = $3 RETURNING t."updated_at"`},
+		{tss.update, `UPDATE "posts" AS t SET "body" = CASE WHEN false THEN t."body" ELSE $1 END, "updated_at" = CASE WHEN ROW(CASE WHEN false THEN t."body" ELSE $1 END)::record *<> ROW(CASE WHEN true THEN t."body" ELSE $1 END)::record THEN greatest(clock_timestamp(), t."updated_at" + interval '1 microsecond') ELSE t."updated_at" END WHERE t."id" = $2 AND t."updated_at" = $3 RETURNING t."updated_at"`},
 		{tss.force, `UPDATE "posts" AS t SET "updated_at" = greatest(clock_timestamp(), t."updated_at" + interval '1 microsecond') WHERE t."id" = $1 AND t."updated_at" = $2 RETURNING t."updated_at"`},
 	} {
 		if tc.got != tc.want {
