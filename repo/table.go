@@ -114,7 +114,10 @@ func WithXmin() TableOption {
 // Expected and Actual fields of a [*pgcc.ConflictError] give the version in microseconds since the Unix epoch
 // (ExpectedTime and ActualTime as timestamps), which is what [ETag] encodes. For a timestamp without time zone
 // column the clock is read in the session's TimeZone; set it to UTC (Rails' convention) in the pool's
-// configuration. docs/optimistic.md says when a counter is the better choice.
+// configuration. The column must be NOT NULL: a NULL timestamp cannot be read into a time.Time. Every writer
+// of the table must set the column the same way (through repo, or with the expression above in its own SQL or
+// a trigger): a timestamp set with now() can repeat or go back in time, and so match a version a client still
+// holds. docs/optimistic.md says when a counter is the better choice.
 func WithTimestampVersion(col string) TableOption {
 	return func(c *tableConfig) {
 		c.version = col
