@@ -54,9 +54,9 @@ type writeMode struct {
 	restore bool // a rollback of a txn.Run transaction puts the row's version back
 }
 
-// Get reads the row with the given key, one value per key column in key order. Each value must convert to its
-// key field's type without loss (see [pgcc.ErrInvalidArgument] below). No such row is a [*pgcc.NotFoundError]
-// (errors.Is [pgcc.ErrNotFound]). A NULL counter version reads as 0.
+// Get reads the row with the given key, one value per key column in key order, each convertible to its key
+// field's type without loss. No such row is a [*pgcc.NotFoundError] (errors.Is [pgcc.ErrNotFound]). A NULL
+// counter version reads as 0.
 //
 // A key of the wrong length, a key value that its field could not hold exactly (3.9 for an integer key), a
 // nil or NULL key value, a nil table or handle are errors matching [pgcc.ErrInvalidArgument], and nothing is
@@ -421,8 +421,8 @@ func (t *Table[T]) Check(ctx context.Context, db pgcc.DBTX, tag pgconn.CommandTa
 
 // Defaults of Modify's retry policy, used unless opts say otherwise. Measured with 25 writers calling Modify
 // 5 times each on one row (BenchmarkModifyContention, docs/optimistic.md): with txn's defaults (10 attempts,
-// backoff up to 1 s, meant for whole transactions) 13 to 14 of the 125 calls gave up and the p99 was 1.9 s;
-// with these none gave up and the p99 was 0.8 s. An optimistic retry is one read and one write, so the row
+// backoff up to 1 s, meant for whole transactions) 12 to 14 of the 125 calls gave up and the p99 was 1.7 to
+// 1.9 s; with these none gave up and the p99 was 0.6 to 0.8 s. An optimistic retry is one read and one write, so the row
 // is free again within milliseconds: short sleeps and more attempts suit it.
 const (
 	// DefaultModifyAttempts is the number of attempts Modify makes by default, the first one included.
