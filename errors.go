@@ -170,16 +170,24 @@ type ConflictError struct {
 	Actual int64
 	// Deleted reports that no row with Key exists any more.
 	Deleted bool
+	// ExpectedTime and ActualTime are Expected and Actual as timestamps, for a table whose version is a
+	// timestamp column; Expected and Actual then hold them in microseconds since the Unix epoch (0 for the zero
+	// time). Both are zero for integer versions.
+	ExpectedTime, ActualTime time.Time
 }
 
 // Error implements error: `pgcc: conflict updating "accounts" id=42: expected version 7, found 9`.
 func (e *ConflictError) Error() string {
-	if e.Deleted {
-		return fmt.Sprintf("pgcc: conflict %s %s %s: expected version %d, but the row was deleted",
-			gerund(e.Op), e.Table, FormatKey(e.KeyColumns, e.Key), e.Expected)
+	expected, actual := fmt.Sprint(e.Expected), fmt.Sprint(e.Actual)
+	if !e.ExpectedTime.IsZero() || !e.ActualTime.IsZero() {
+		expected, actual = FormatValue(e.ExpectedTime), FormatValue(e.ActualTime)
 	}
-	return fmt.Sprintf("pgcc: conflict %s %s %s: expected version %d, found %d",
-		gerund(e.Op), e.Table, FormatKey(e.KeyColumns, e.Key), e.Expected, e.Actual)
+	if e.Deleted {
+		return fmt.Sprintf("pgcc: conflict %s %s %s: expected version %s, but the row was deleted",
+			gerund(e.Op), e.Table, FormatKey(e.KeyColumns, e.Key), expected)
+	}
+	return fmt.Sprintf("pgcc: conflict %s %s %s: expected version %s, found %s",
+		gerund(e.Op), e.Table, FormatKey(e.KeyColumns, e.Key), expected, actual)
 }
 
 // Is matches [ErrConflict].

@@ -391,9 +391,20 @@ func TestModifyErrors(t *testing.T) {
 	if !errors.Is(err, pgcc.ErrNotFound) {
 		t.Fatalf("Modify of a missing row: %v, want ErrNotFound", err)
 	}
-	_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(context.Context, *Account) error { return nil }, txn.WithIsolation(pgx.Serializable))
-	if !errors.Is(err, pgcc.ErrInvalidArgument) {
-		t.Fatalf("Modify with a transaction option: %v, want ErrInvalidArgument", err)
+	_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(context.Context, *Account) error { return nil }, txn.WithMaxAttempts(3), txn.WithIsolation(pgx.Serializable))
+	want := `pgcc: invalid argument: Modify of "accounts": txn.WithIsolation sets up a transaction, and Modify runs none of its own; call Modify inside txn.Run(…, txn.WithIsolation(…)) and pass it the pgx.Tx`
+	if !errors.Is(err, pgcc.ErrInvalidArgument) || err.Error() != want {
+		t.Fatalf("Modify with a transaction option: %v, want ErrInvalidArgument reading\n%s", err, want)
+	}
+	for _, o := range []txn.Option{txn.ReadOnly(), txn.WithLockTimeout(time.Second), txn.WithStatementTimeout(time.Second), txn.Deferrable()} {
+		_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(context.Context, *Account) error { return nil }, o)
+		if !errors.Is(err, pgcc.ErrInvalidArgument) || !strings.Contains(err.Error(), "sets up a transaction, and Modify runs none") || strings.Contains(err.Error(), "Retry") {
+			t.Errorf("Modify with a transaction option: %v", err)
+		}
+	}
+	_, err = accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, func(context.Context, *Account) error { return nil }, txn.WithMaxAttempts(0))
+	if !errors.Is(err, pgcc.ErrInvalidArgument) || !strings.Contains(err.Error(), "max attempts must be at least 1, got 0") || strings.Count(err.Error(), "pgcc:") != 1 {
+		t.Fatalf("Modify with zero attempts: %v", err)
 	}
 	if _, err := accounts.Modify(ctx, pool, pgcc.Key{int64(1)}, nil); !errors.Is(err, pgcc.ErrInvalidArgument) {
 		t.Fatalf("Modify with a nil function: %v", err)

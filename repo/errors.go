@@ -1,17 +1,11 @@
 package repo
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/pgcc/pgcc"
 )
-
-// ErrNoVersion reports a write of a row whose version field is zero: a row that was never read from the
-// database (or whose version was lost on the way). The write is refused rather than sent without a version
-// guard, and nothing is sent.
-var ErrNoVersion = errors.New("pgcc: row has no version")
 
 // BulkConflictError is returned by [Table.UpdateAll] when one or more rows conflicted. The whole batch was
 // rolled back, so no row of it was written. errors.Is(err, pgcc.ErrConflict) holds, and errors.As finds the first
@@ -36,10 +30,14 @@ func (e *BulkConflictError) Error() string {
 			b.WriteString("; ")
 		}
 		b.WriteString(pgcc.FormatKey(c.KeyColumns, c.Key))
+		expected, actual := fmt.Sprint(c.Expected), fmt.Sprint(c.Actual)
+		if !c.ExpectedTime.IsZero() || !c.ActualTime.IsZero() {
+			expected, actual = pgcc.FormatValue(c.ExpectedTime), pgcc.FormatValue(c.ActualTime)
+		}
 		if c.Deleted {
-			fmt.Fprintf(&b, " expected version %d, deleted", c.Expected)
+			fmt.Fprintf(&b, " expected version %s, deleted", expected)
 		} else {
-			fmt.Fprintf(&b, " expected version %d, found %d", c.Expected, c.Actual)
+			fmt.Fprintf(&b, " expected version %s, found %s", expected, actual)
 		}
 	}
 	return b.String()

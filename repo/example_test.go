@@ -249,3 +249,119 @@ func ExampleWithXmin() {
 	// <nil> true
 	// true true
 }
+
+// InsertOrGet is the get-or-create that holds under concurrency: of any number of callers creating the same
+// row, one inserts and the others get its row.
+func ExampleTable_InsertOrGet() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_create_accounts", `
+		CREATE TABLE example_create_accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+			version bigint NOT NULL)`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	accounts, err := repo.NewTable[Account]("example_create_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	a := Account{ID: 7, Owner: "ada", Balance: 10}
+	created, err := accounts.InsertOrGet(ctx, pool, &a)
+	fmt.Println(created, err, a)
+	b := Account{ID: 7, Owner: "bob"}
+	created, err = accounts.InsertOrGet(ctx, pool, &b)
+	fmt.Println(created, err, b)
+	// Output:
+	// true <nil> {7 ada 10 1}
+	// false <nil> {7 ada 10 1}
+}
+
+// A table whose only version is an updated_at column, as Rails and Django create them: the database sets the
+// timestamp on every write that changes a value, and a stale write is a conflict that shows both timestamps.
+func ExampleWithTimestampVersion() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_posts", `
+		CREATE TABLE example_posts (id bigint PRIMARY KEY, body text NOT NULL, updated_at timestamptz NOT NULL);
+		INSERT INTO example_posts VALUES (1, 'draft', '2026-01-02 03:04:05.678901+00')`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	type Post struct {
+		ID        int64     `db:"id"`
+		Body      string    `db:"body"`
+		UpdatedAt time.Time `db:"updated_at"`
+	}
+	posts, err := repo.NewTable[Post]("example_posts", repo.WithTimestampVersion("updated_at"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	mine, _ := posts.Get(ctx, pool, pgcc.Key{int64(1)})
+	theirs := mine
+	theirs.Body = "published"
+	fmt.Println(posts.Update(ctx, pool, &theirs), theirs.UpdatedAt.After(mine.UpdatedAt))
+
+	mine.Body = "edited draft"
+	err = posts.Update(ctx, pool, &mine)
+	var conflict *pgcc.ConflictError
+	fmt.Println(errors.As(err, &conflict), conflict.ExpectedTime.UTC(), conflict.ActualTime.Equal(theirs.UpdatedAt))
+	fmt.Println(repo.ETag(posts.VersionOf(&mine)))
+	// Output:
+	// <nil> true
+	// true 2026-01-02 03:04:05.678901 +0000 UTC true
+	// "1767323045678901"
+}
+
+// ETag and ParseETag carry a version through HTTP; pgcc.HTTPStatus answers each failure with its status.
+func ExampleParseETag() {
+	tag := repo.ETag(7)
+	fmt.Println(tag)
+	for _, header := range []string{tag, `W/"7"`, ``, `"seven"`} {
+		version, err := repo.ParseETag(header)
+		fmt.Println(version, pgcc.HTTPStatus(err), err)
+	}
+	// Output:
+	// "7"
+	// 7 200 <nil>
+	// 7 200 <nil>
+	// 0 428 pgcc: precondition required: no If-Match header: send the ETag of the version you read
+	// 0 400 pgcc: invalid argument: entity tag "\"seven\"" is not a version tag such as "7" or W/"7"
+}
+
+// With repo.Tracked embedded, a row remembers the key it was read with, and a write of a row whose key field
+// was changed is refused instead of landing on another row.
+func ExampleTracked() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_tracked_accounts", `
+		CREATE TABLE example_tracked_accounts (id bigint PRIMARY KEY, owner text NOT NULL, version bigint NOT NULL);
+		INSERT INTO example_tracked_accounts VALUES (1, 'ada', 1), (2, 'bob', 1)`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	type Account struct {
+		repo.Tracked
+		ID      int64  `db:"id"`
+		Owner   string `db:"owner"`
+		Version int64  `db:"version"`
+	}
+	accounts, err := repo.NewTable[Account]("example_tracked_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	a, _ := accounts.Get(ctx, pool, pgcc.Key{int64(1)})
+	a.ID = 2 // a bug: bob's row is at version 1 too
+	a.Owner = "ada lovelace"
+	fmt.Println(accounts.Update(ctx, pool, &a))
+	// Output:
+	// pgcc: invalid argument: update of "example_tracked_accounts": the row's key changed from id=1 to id=2 since it was read; a write never moves a row to another key (insert the new row and delete the old one)
+}

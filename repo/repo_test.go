@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
@@ -137,29 +136,103 @@ func TestDeleteStale(t *testing.T) {
 	}
 }
 
-// TestZeroVersion: a row that was never read has version zero; every write refuses it before sending anything.
+// TestZeroVersion: rows at version 0 (Rails, JPA, ADD COLUMN version … DEFAULT 0) are ordinary rows: every
+// write of a row read at 0 lands and gives it version 1, and a row that was never read (version 0 in the struct)
+// conflicts with a stored row at another version instead of being written unguarded.
 func TestZeroVersion(t *testing.T) {
 	t.Parallel()
-	_, pool, accounts := setup(t, 1)
+	_, pool, accounts := setup(t, 6)
 	ctx := context.Background()
-	unread := Account{ID: 1, Owner: "overwritten?", Balance: -1}
-	for name, write := range map[string]func() error{
-		"Update":         func() error { return accounts.Update(ctx, pool, &unread) },
-		"UpdateColumns":  func() error { return accounts.UpdateColumns(ctx, pool, &unread, "balance") },
-		"Delete":         func() error { return accounts.Delete(ctx, pool, &unread) },
-		"ForceIncrement": func() error { return accounts.ForceIncrement(ctx, pool, &unread) },
-		"UpdateAll":      func() error { return accounts.UpdateAll(ctx, pool, []*Account{&unread}) },
-		"Check": func() error {
-			return accounts.Check(ctx, pool, pgconn.NewCommandTag("UPDATE 0"), pgcc.Key{int64(1)}, 0)
-		},
+	if _, err := pool.Exec(ctx, "UPDATE accounts SET version = 0 WHERE id <= 5"); err != nil {
+		t.Fatal(err)
+	}
+	for id, write := range map[int64]func(a *Account) error{
+		1: func(a *Account) error { return accounts.Update(ctx, pool, a) },
+		2: func(a *Account) error { return accounts.UpdateColumns(ctx, pool, a, "balance") },
+		3: func(a *Account) error { return accounts.ForceIncrement(ctx, pool, a) },
+		4: func(a *Account) error { return accounts.UpdateAll(ctx, pool, []*Account{a}) },
 	} {
-		if err := write(); !errors.Is(err, repo.ErrNoVersion) {
-			t.Errorf("%s with version 0: %v, want ErrNoVersion", name, err)
+		a := mustGet(t, accounts, pool, id)
+		if a.Version != 0 {
+			t.Fatalf("row %d read at version %d, want 0", id, a.Version)
+		}
+		a.Balance = 7
+		if err := write(&a); err != nil {
+			t.Fatalf("row %d at version 0: %v", id, err)
+		}
+		if a.Version != 1 {
+			t.Fatalf("row %d: version after the write %d, want 1", id, a.Version)
+		}
+		if got := mustGet(t, accounts, pool, id); got.Version != 1 || (id != 3 && got.Balance != 7) {
+			t.Fatalf("row %d stored as %+v", id, got)
 		}
 	}
-	if got := mustGet(t, accounts, pool, int64(1)); got.Owner != "owner-1" || got.Balance != 100 || got.Version != 1 {
-		t.Fatalf("row changed by a refused write: %+v", got)
+	got, err := accounts.Modify(ctx, pool, pgcc.Key{int64(5)}, func(_ context.Context, a *Account) error {
+		a.Balance = 8
+		return nil
+	})
+	if err != nil || got.Version != 1 || got.Balance != 8 {
+		t.Fatalf("Modify of a row at version 0: %+v, %v", got, err)
 	}
+	zero := mustGet(t, accounts, pool, int64(5))
+	zero.Version = 0
+	if err := accounts.Delete(ctx, pool, &zero); !errors.Is(err, pgcc.ErrConflict) {
+		t.Fatalf("Delete at version 0 of a row at version 1: %v", err)
+	}
+	zero.Version = 1
+	if err := accounts.Delete(ctx, pool, &zero); err != nil {
+		t.Fatal(err)
+	}
+
+	// A struct that was never read carries version 0: its write is a compare-and-swap like any other, and
+	// conflicts with row 6, at version 1.
+	unread := Account{ID: 6, Owner: "overwritten?", Balance: -1}
+	err = accounts.Update(ctx, pool, &unread)
+	wantConflict(t, err, pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(6)}, Expected: 0, Actual: 1})
+	if got := mustGet(t, accounts, pool, int64(6)); got.Owner != "owner-6" || got.Balance != 100 || got.Version != 1 {
+		t.Fatalf("row changed by a stale write: %+v", got)
+	}
+}
+
+// TestNullVersion: a NULL version (a column added without a default) reads as 0, is compared as 0 and is
+// written as 1, as Rails does.
+func TestNullVersion(t *testing.T) {
+	t.Parallel()
+	_, pool, accounts := setup(t, 3)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, "ALTER TABLE accounts ALTER COLUMN version DROP NOT NULL; UPDATE accounts SET version = NULL"); err != nil {
+		t.Fatal(err)
+	}
+	a := mustGet(t, accounts, pool, int64(1))
+	if a.Version != 0 {
+		t.Fatalf("NULL version read as %d, want 0", a.Version)
+	}
+	a.Balance = 1
+	if err := accounts.Update(ctx, pool, &a); err != nil || a.Version != 1 {
+		t.Fatalf("Update of a NULL version: %v, version %d", err, a.Version)
+	}
+	if n := queryInt(t, pool, "SELECT version FROM accounts WHERE id = 1"); n != 1 {
+		t.Fatalf("stored version %d, want 1", n)
+	}
+	b := mustGet(t, accounts, pool, int64(2))
+	stale := b
+	stale.Version = 3
+	wantConflict(t, accounts.Update(ctx, pool, &stale), pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpUpdate, Key: pgcc.Key{int64(2)}, Expected: 3, Actual: 0})
+	if err := accounts.UpdateAll(ctx, pool, []*Account{&b}); err != nil || b.Version != 0 {
+		t.Fatalf("UpdateAll of an unchanged NULL-version row: %v, version %d (want 0: nothing changed)", err, b.Version)
+	}
+	if err := accounts.Delete(ctx, pool, &b); err != nil {
+		t.Fatalf("Delete of a NULL-version row: %v", err)
+	}
+	c := mustGet(t, accounts, pool, int64(3))
+	if err := accounts.ForceIncrement(ctx, pool, &c); err != nil || c.Version != 1 {
+		t.Fatalf("ForceIncrement of a NULL version: %v, version %d", err, c.Version)
+	}
+	tag, err := pool.Exec(ctx, "UPDATE accounts SET balance = 0 WHERE id = 3 AND coalesce(version, 0) = 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantConflict(t, accounts.Check(ctx, pool, tag, pgcc.Key{int64(3)}, 0), pgcc.ConflictError{Table: `"accounts"`, Op: pgcc.OpCheck, Key: pgcc.Key{int64(3)}, Expected: 0, Actual: 1})
 }
 
 func TestUpdateColumns(t *testing.T) {
@@ -448,10 +521,10 @@ func TestUpdateAllInTx(t *testing.T) {
 	}
 }
 
-// TestUpdateAllChunks: a batch larger than one statement is split, still all or nothing.
-func TestUpdateAllChunks(t *testing.T) {
+// TestUpdateAllLarge: a batch of thousands of rows is one statement, still all or nothing.
+func TestUpdateAllLarge(t *testing.T) {
 	t.Parallel()
-	const n = 2500 // three statements, the last one short
+	const n = 2500
 	_, pool, accounts := setup(t, n)
 	ctx := context.Background()
 	rows, err := pool.Query(ctx, "SELECT id, owner, balance, version FROM accounts ORDER BY id")
@@ -474,7 +547,7 @@ func TestUpdateAllChunks(t *testing.T) {
 		t.Fatalf("UpdateAll: %v, want one conflict on the last row", err)
 	}
 	if got := queryInt(t, pool, "SELECT count(*) FROM accounts WHERE balance <> 100"); got != 0 {
-		t.Fatalf("%d rows written by a failed chunked batch", got)
+		t.Fatalf("%d rows written by a failed batch", got)
 	}
 	all[n-1].Version = 2
 	if err := accounts.UpdateAll(ctx, pool, all); err != nil {
@@ -522,7 +595,7 @@ type Ticket struct {
 	ID        int64     `db:"id"`
 	Title     string    `db:"title"`
 	CreatedAt time.Time `db:"created_at"`
-	Version   int32     `db:"version"`
+	Version   int64     `db:"version"`
 }
 
 func TestInsertDefaults(t *testing.T) {
@@ -735,7 +808,7 @@ func TestHostileNames(t *testing.T) {
 	}
 	err = strange.UpdateAll(ctx, pool, []*strangeRow{&rows[0], &second})
 	var bulk *repo.BulkConflictError
-	if !errors.As(err, &bulk) || len(bulk.Conflicts) != 1 || bulk.Conflicts[0].Actual != 5 {
+	if !errors.As(err, &bulk) || len(bulk.Conflicts) != 1 || bulk.Conflicts[0].Actual != 4 {
 		t.Fatalf("UpdateAll with a stale row: %v", err)
 	}
 	tag, err := pool.Exec(ctx, "UPDATE "+strange.Identifier().Sanitize()+` SET "order" = "order" + 1 WHERE """; DROP TABLE x; --" = $1 AND "order" = $2`, second.Key, 1)

@@ -15,18 +15,6 @@ import (
 // so that two different names could refer to the same column.
 const maxIdentifierLen = 63
 
-// maxParams is the most parameters one statement of the extended protocol can carry.
-const maxParams = 65535
-
-// maxBulkRows bounds the rows of one bulk statement. Its rows are a chain of UNION ALL branches (see
-// typedRows), which PostgreSQL's parser walks recursively: some 16,000 branches exceed the default
-// max_stack_depth of 2 MB. A thousand keeps far from it and costs little: a batch of 10,000 rows is ten
-// statements in one transaction.
-const maxBulkRows = 1000
-
-// bulkRows is how many rows of width columns one bulk statement carries.
-func bulkRows(width int) int { return min(maxBulkRows, maxParams/width) }
-
 // xminExpr reads the xmin system column as a bigint. xmin is of type xid, which has no cast to a number; its
 // text form is the decimal transaction id.
 const xminExpr = "xmin::text::bigint"
@@ -45,23 +33,28 @@ type desc struct {
 	defaults []int
 }
 
-// statements is the SQL a table runs, built once by [NewTable].
+// statements is the SQL a table runs, built once by [NewTable]. Statements for other column lists and write
+// options are built on first use and cached in the Table.
 type statements struct {
-	get    string // SELECT cols FROM t WHERE key
-	insert string // INSERT INTO t (cols) VALUES (…) [RETURNING defaults, version]
-	update string // UPDATE t SET cols, version bump WHERE key AND version [RETURNING version]
-	delete string // DELETE FROM t WHERE key AND version
-	force  string // UPDATE t SET version bump WHERE key AND version [RETURNING version]
-	probe  string // SELECT version FROM t WHERE key FOR SHARE
+	get         string // SELECT cols FROM t WHERE key
+	insert      string // INSERT INTO t (cols) VALUES (…) [RETURNING insertRet]
+	insertOrGet string // INSERT … ON CONFLICT (key) DO NOTHING RETURNING insertRet, version
+	upsert      string // INSERT … ON CONFLICT (key) DO UPDATE … WHERE version = 0 RETURNING …, inserted (counter only)
+	update      string // UPDATE t SET cols, version bumped if a value changed WHERE key AND version RETURNING version
+	delete      string // DELETE FROM t WHERE key AND version
+	deleteAny   string // DELETE FROM t WHERE key
+	force       string // UPDATE t SET version bumped WHERE key AND version RETURNING version
+	probe       string // SELECT version FROM t WHERE key FOR SHARE
 
 	// Positions in cols of each statement's parameters, in parameter order.
 	insertArgs []int
-	insertRet  []int // the columns INSERT's RETURNING fills, version included for VersionXmin
+	insertRet  []int // the columns INSERT's RETURNING fills: defaults, then the version when the server sets it
+	createRet  []int // the columns InsertOrGet's and Upsert's RETURNING fill: insertRet, with the version always
 	updateSet  []int // the columns UPDATE sets: neither key nor version
 }
 
-// checkName rejects, with an error matching [pgcc.ErrInvalidArgument], a name PostgreSQL would not keep as given.
-// Any other name is safe once quoted.
+// checkName rejects, with an error matching [pgcc.ErrInvalidArgument], a name PostgreSQL would not keep as
+// given. Any other name is safe once quoted.
 func checkName(table, what, name string) error {
 	var problem string
 	switch {
@@ -112,50 +105,69 @@ func (d *desc) validate() error {
 	return nil
 }
 
-// versionExpr is the version as SQL, qualified by alias when alias is not empty.
-func (d *desc) versionExpr(alias string) string {
-	if alias != "" {
-		alias += "."
+// col is the column at pos, qualified by alias when alias is not empty.
+func (d *desc) col(alias string, pos int) string {
+	if alias == "" {
+		return quote(d.cols[pos])
 	}
-	if d.kind == VersionXmin {
-		return alias + xminExpr
-	}
-	return alias + quote(d.cols[d.version])
+	return alias + "." + quote(d.cols[pos])
 }
 
-// bump is the SET item that makes a new version: the counter plus one, or, for xmin, a no-op assignment of
-// the first key column, which writes a new row version (and so a new xmin) without changing any value.
-func (d *desc) bump(alias string) string {
-	if alias != "" {
-		alias += "."
+// versionRead is the version as read and compared: a NULL counter reads as 0 (Rails' rule), xmin as a bigint,
+// a timestamp as it is.
+func (d *desc) versionRead(alias string) string {
+	switch d.kind {
+	case VersionXmin:
+		if alias != "" {
+			return alias + "." + xminExpr
+		}
+		return xminExpr
+	case VersionTimestamp:
+		return d.col(alias, d.version)
+	default:
+		return "coalesce(" + d.col(alias, d.version) + ", 0)"
 	}
-	if d.kind == VersionXmin {
-		k := quote(d.cols[d.key[0]])
-		return k + " = " + alias + k
-	}
-	v := quote(d.cols[d.version])
-	return v + " = " + alias + v + " + 1"
 }
 
-func (d *desc) returningVersion() string {
-	if d.kind == VersionXmin {
-		return " RETURNING " + xminExpr
+// nextVersion is the new version of a written row: the counter plus one, or the database's clock, but at least
+// one microsecond after the row's old timestamp, so that a timestamp version strictly increases even when two
+// writes fall in one microsecond or the clock steps back. Not for xmin, which the server sets.
+func (d *desc) nextVersion(alias string) string {
+	if d.kind == VersionTimestamp {
+		return "greatest(clock_timestamp(), " + d.col(alias, d.version) + " + interval '1 microsecond')"
 	}
-	return ""
+	return d.versionRead(alias) + " + 1"
 }
 
-// whereKey writes `k1 = $n AND k2 = $n+1 …` and returns the next parameter number.
-func (d *desc) whereKey(b *strings.Builder, n int) int {
+// firstVersion is the version Insert writes: 1, or the database's clock. Not for xmin.
+func (d *desc) firstVersion() string {
+	if d.kind == VersionTimestamp {
+		return "clock_timestamp()"
+	}
+	return "1"
+}
+
+// whereKey writes `k1 = $n AND k2 = $n+1 …` (columns qualified by alias) and returns the next parameter
+// number.
+func (d *desc) whereKey(b *strings.Builder, alias string, n int) int {
 	for i, k := range d.key {
 		if i > 0 {
 			b.WriteString(" AND ")
 		}
-		b.WriteString(quote(d.cols[k]))
+		b.WriteString(d.col(alias, k))
 		b.WriteString(" = $")
 		b.WriteString(strconv.Itoa(n))
 		n++
 	}
 	return n
+}
+
+// whereVersion writes ` AND version = $n`.
+func (d *desc) whereVersion(b *strings.Builder, alias string, n int) {
+	b.WriteString(" AND ")
+	b.WriteString(d.versionRead(alias))
+	b.WriteString(" = $")
+	b.WriteString(strconv.Itoa(n))
 }
 
 func (d *desc) isKey(pos int) bool {
@@ -176,7 +188,57 @@ func contains(list []int, pos int) bool {
 	return false
 }
 
-// selectList is the columns in struct order, the version read as a bigint.
+// writeCols writes the columns at positions, each qualified by alias, separated by commas.
+func (d *desc) writeCols(b *strings.Builder, alias string, positions []int) {
+	for i, pos := range positions {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(d.col(alias, pos))
+	}
+}
+
+// changed writes the test that a write changes a value: the new values against the row's old ones (SQL
+// expressions, one per column written), compared by their binary images with the record operator *<>,
+// which needs no equality operator (json has none) and sees every difference (1.0 and 1.00, -0 and 0, 'a' and
+// 'A' in citext). The ::record casts keep PostgreSQL from expanding the comparison column by column.
+func changed(b *strings.Builder, newVals, oldVals []string) {
+	b.WriteString("ROW(" + strings.Join(newVals, ", ") + ")::record *<> ROW(" + strings.Join(oldVals, ", ") + ")::record")
+}
+
+// assignVersion writes the SET item for the version of a write whose new values are newVals and whose
+// columns' old values are oldVals: for a counter or timestamp, the next version when a value changes, and the
+// version unchanged otherwise; for xmin, which every UPDATE changes, a no-op assignment of the first key column
+// when nothing else is written (an UPDATE needs one SET item). It reports whether it wrote anything.
+func (d *desc) assignVersion(b *strings.Builder, newVals, oldVals []string) bool {
+	if d.kind == VersionXmin {
+		if len(newVals) > 0 {
+			return false
+		}
+		b.WriteString(quote(d.cols[d.key[0]]) + " = t." + quote(d.cols[d.key[0]]))
+		return true
+	}
+	v := quote(d.cols[d.version])
+	if len(newVals) == 0 {
+		b.WriteString(v + " = t." + v)
+		return true
+	}
+	b.WriteString(v + " = CASE WHEN ")
+	changed(b, newVals, oldVals)
+	b.WriteString(" THEN " + d.nextVersion("t") + " ELSE t." + v + " END")
+	return true
+}
+
+// colsOf is the columns at positions, each qualified by alias.
+func (d *desc) colsOf(alias string, positions []int) []string {
+	out := make([]string, len(positions))
+	for i, pos := range positions {
+		out[i] = d.col(alias, pos)
+	}
+	return out
+}
+
+// selectList is the columns in struct order, the version as versionRead has it.
 func (d *desc) selectList() string {
 	var b strings.Builder
 	for i, c := range d.cols {
@@ -184,7 +246,7 @@ func (d *desc) selectList() string {
 			b.WriteString(", ")
 		}
 		if i == d.version {
-			b.WriteString(d.versionExpr(""))
+			b.WriteString(d.versionRead(""))
 			continue
 		}
 		b.WriteString(quote(c))
@@ -192,7 +254,7 @@ func (d *desc) selectList() string {
 	return b.String()
 }
 
-// build makes every statement of d. d must be valid.
+// build makes the statements of d. d must be valid.
 func (d *desc) build() statements {
 	var s statements
 	table := d.ident().Sanitize()
@@ -208,14 +270,55 @@ func (d *desc) build() statements {
 	b.WriteString(" FROM ")
 	b.WriteString(table)
 	b.WriteString(" WHERE ")
-	d.whereKey(&b, 1)
+	d.whereKey(&b, "", 1)
 	s.get = b.String()
 
+	s.insertRet = append(s.insertRet, d.defaults...)
+	if d.kind != VersionCounter {
+		s.insertRet = append(s.insertRet, d.version)
+	}
+	s.createRet = s.insertRet
+	if d.kind == VersionCounter {
+		s.createRet = append(append([]int(nil), d.defaults...), d.version)
+	}
+	insert := d.insertSQL(&s)
+	s.insert = insert + d.returning("", s.insertRet)
+	s.insertOrGet = insert + " ON CONFLICT (" + d.keyList() + ") DO NOTHING" + d.returning("", s.createRet)
+	if d.kind == VersionCounter {
+		s.upsert = d.upsertSQL(insert, &s)
+	}
+
+	s.update = d.updateSQL(s.updateSet, true, true)
+	s.force = d.forceSQL()
+	s.delete = d.deleteSQL(true)
+	s.deleteAny = d.deleteSQL(false)
+
 	b.Reset()
-	b.WriteString("INSERT INTO ")
+	b.WriteString("SELECT ")
+	b.WriteString(d.versionRead(""))
+	b.WriteString(" FROM ")
 	b.WriteString(table)
-	b.WriteString(" (")
-	var values strings.Builder
+	b.WriteString(" WHERE ")
+	d.whereKey(&b, "", 1)
+	b.WriteString(" FOR SHARE")
+	s.probe = b.String()
+	return s
+}
+
+// keyList is the key columns, comma-separated.
+func (d *desc) keyList() string {
+	var b strings.Builder
+	d.writeCols(&b, "", d.key)
+	return b.String()
+}
+
+// insertSQL is INSERT INTO t AS t (cols) VALUES (…) without RETURNING, and records the positions of its
+// parameters in s.insertArgs. The version is the first one, or left to the server (xmin).
+func (d *desc) insertSQL(s *statements) string {
+	var b, values strings.Builder
+	b.WriteString("INSERT INTO ")
+	b.WriteString(d.ident().Sanitize())
+	b.WriteString(" AS t (")
 	for i, c := range d.cols {
 		if i == d.version || contains(d.defaults, i) {
 			continue
@@ -229,188 +332,265 @@ func (d *desc) build() statements {
 		values.WriteString("$")
 		values.WriteString(strconv.Itoa(len(s.insertArgs)))
 	}
-	if d.kind == VersionCounter {
+	if d.kind != VersionXmin {
 		if len(s.insertArgs) > 0 {
 			b.WriteString(", ")
 			values.WriteString(", ")
 		}
 		b.WriteString(quote(d.cols[d.version]))
-		values.WriteString("1")
+		values.WriteString(d.firstVersion())
 	}
 	if values.Len() == 0 {
 		// Every column has its default: "INSERT INTO t () VALUES ()" is not SQL.
-		s.insert = "INSERT INTO " + table + " DEFAULT VALUES"
-	} else {
-		b.WriteString(") VALUES (")
-		b.WriteString(values.String())
-		b.WriteString(")")
-		s.insert = b.String()
+		return "INSERT INTO " + d.ident().Sanitize() + " AS t DEFAULT VALUES"
 	}
-	s.insertRet = append(s.insertRet, d.defaults...)
-	if d.kind == VersionXmin {
-		s.insertRet = append(s.insertRet, d.version)
-	}
-	if len(s.insertRet) > 0 {
-		var r strings.Builder
-		r.WriteString(" RETURNING ")
-		for i, pos := range s.insertRet {
-			if i > 0 {
-				r.WriteString(", ")
-			}
-			if pos == d.version {
-				r.WriteString(d.versionExpr(""))
-			} else {
-				r.WriteString(quote(d.cols[pos]))
-			}
-		}
-		s.insert += r.String()
-	}
-
-	s.update = d.updateSQL(s.updateSet)
-	s.force = d.updateSQL(nil)
-
-	b.Reset()
-	b.WriteString("DELETE FROM ")
-	b.WriteString(table)
-	b.WriteString(" WHERE ")
-	n := d.whereKey(&b, 1)
-	b.WriteString(" AND ")
-	b.WriteString(d.versionExpr(""))
-	b.WriteString(" = $")
-	b.WriteString(strconv.Itoa(n))
-	s.delete = b.String()
-
-	b.Reset()
-	b.WriteString("SELECT ")
-	b.WriteString(d.versionExpr(""))
-	b.WriteString(" FROM ")
-	b.WriteString(table)
-	b.WriteString(" WHERE ")
-	d.whereKey(&b, 1)
-	b.WriteString(" FOR SHARE")
-	s.probe = b.String()
-	return s
-}
-
-// updateSQL is the compare-and-swap UPDATE of the columns at positions set: parameters $1… are those
-// columns, then the key, then the expected version.
-func (d *desc) updateSQL(set []int) string {
-	var b strings.Builder
-	b.WriteString("UPDATE ")
-	b.WriteString(d.ident().Sanitize())
-	b.WriteString(" SET ")
-	for i, pos := range set {
-		b.WriteString(quote(d.cols[pos]))
-		b.WriteString(" = $")
-		b.WriteString(strconv.Itoa(i + 1))
-		b.WriteString(", ")
-	}
-	b.WriteString(d.bump(""))
-	b.WriteString(" WHERE ")
-	n := d.whereKey(&b, len(set)+1)
-	b.WriteString(" AND ")
-	b.WriteString(d.versionExpr(""))
-	b.WriteString(" = $")
-	b.WriteString(strconv.Itoa(n))
-	b.WriteString(d.returningVersion())
+	b.WriteString(") VALUES (")
+	b.WriteString(values.String())
+	b.WriteString(")")
 	return b.String()
 }
 
-// typedRows writes the derived table v(c0, c1, …) of n rows: an ordinal (1…n, a literal) followed by
-// parameters for the columns at positions cols. A first branch reading zero rows of the table itself gives
-// every column its type, so that PostgreSQL types the parameters after the table's columns; VALUES would
-// type them as text.
-func (d *desc) typedRows(b *strings.Builder, cols []int, n int) {
-	b.WriteString("((SELECT 0")
-	for _, pos := range cols {
-		b.WriteString(", ")
+// returning is " RETURNING" and the columns at positions (the version as versionRead has it), or "" for none.
+func (d *desc) returning(alias string, positions []int) string {
+	if len(positions) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(" RETURNING ")
+	for i, pos := range positions {
+		if i > 0 {
+			b.WriteString(", ")
+		}
 		if pos == d.version {
-			b.WriteString(d.versionExpr(""))
+			b.WriteString(d.versionRead(alias))
 		} else {
-			b.WriteString(quote(d.cols[pos]))
+			b.WriteString(d.col(alias, pos))
 		}
 	}
-	b.WriteString(" FROM ")
-	b.WriteString(d.ident().Sanitize())
-	b.WriteString(" LIMIT 0)")
-	p := 1
-	for row := 1; row <= n; row++ {
-		b.WriteString(" UNION ALL SELECT ")
-		b.WriteString(strconv.Itoa(row))
-		for range cols {
-			b.WriteString(", $")
-			b.WriteString(strconv.Itoa(p))
-			p++
+	return b.String()
+}
+
+// upsertSQL is insert followed by the update of an existing row at version 0 (a counter table only): the
+// columns Insert writes, the version bumped when a value changed. RETURNING gives s.createRet and whether the
+// row was inserted (xmax is 0 for a row version no transaction has updated or locked).
+func (d *desc) upsertSQL(insert string, s *statements) string {
+	var set []int
+	for _, pos := range s.insertArgs {
+		if contains(s.updateSet, pos) {
+			set = append(set, pos)
 		}
 	}
-	b.WriteString(") AS v(c0")
-	for i := range cols {
-		b.WriteString(", c")
-		b.WriteString(strconv.Itoa(i + 1))
+	var b strings.Builder
+	b.WriteString(insert)
+	b.WriteString(" ON CONFLICT (")
+	b.WriteString(d.keyList())
+	b.WriteString(") DO UPDATE SET ")
+	for _, pos := range set {
+		b.WriteString(quote(d.cols[pos]))
+		b.WriteString(" = excluded.")
+		b.WriteString(quote(d.cols[pos]))
+		b.WriteString(", ")
 	}
-	b.WriteString(")")
+	d.assignVersion(&b, d.colsOf("excluded", set), d.colsOf("t", set))
+	b.WriteString(" WHERE ")
+	b.WriteString(d.versionRead("t"))
+	b.WriteString(" = 0")
+	b.WriteString(d.returning("t", s.createRet))
+	b.WriteString(", t.xmax = 0")
+	return b.String()
 }
 
-// bulkColumns is the column order of a bulk update's rows: key, set columns, version.
-func (d *desc) bulkColumns(set []int) []int {
-	cols := append([]int(nil), d.key...)
-	cols = append(cols, set...)
-	return append(cols, d.version)
-}
-
-// bulkSQL updates n rows in one statement. Parameters are, row after row, the row's key, its set columns
-// and its expected version (see bulkColumns); RETURNING gives the ordinal of each row written and its new
-// version.
-func (d *desc) bulkSQL(set []int, n int) string {
-	cols := d.bulkColumns(set)
+// updateSQL is the UPDATE of the columns at positions set. Parameters $1… are those columns, then the key,
+// then, when check, the expected version.
+//
+// With bump the version changes when a value does, and RETURNING gives the version after the write. Comparing
+// a parameter with the row needs the parameter's type, which PostgreSQL infers from each use: in the SET
+// item of a domain column it would be the domain, in ROW(…) nothing (text). So for a counter or timestamp
+// table every use of parameter $n is the expression CASE WHEN false THEN t.c ELSE $n END, which types $n as
+// column c (a domain as its base type, the assignment then checks the domain) and which the planner folds
+// to $n; the old values are read the same way, CASE WHEN true THEN t.c ELSE $n END, so that both sides of
+// the comparison have one type. Without bump the version is left alone (not possible for xmin, which the
+// caller refuses).
+func (d *desc) updateSQL(set []int, check, bump bool) string {
 	var b strings.Builder
 	b.WriteString("UPDATE ")
 	b.WriteString(d.ident().Sanitize())
 	b.WriteString(" AS t SET ")
+	typed := bump && d.kind != VersionXmin
+	newVals := make([]string, len(set))
+	oldVals := make([]string, len(set))
 	for i, pos := range set {
-		b.WriteString(quote(d.cols[pos]))
-		b.WriteString(" = v.c")
-		b.WriteString(strconv.Itoa(len(d.key) + i + 1))
-		b.WriteString(", ")
+		param := "$" + strconv.Itoa(i+1)
+		newVals[i], oldVals[i] = param, d.col("t", pos)
+		if typed {
+			newVals[i] = "CASE WHEN false THEN " + d.col("t", pos) + " ELSE " + param + " END"
+			oldVals[i] = "CASE WHEN true THEN " + d.col("t", pos) + " ELSE " + param + " END"
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(quote(d.cols[pos]) + " = " + newVals[i])
 	}
-	b.WriteString(d.bump("t"))
-	b.WriteString(" FROM ")
-	d.typedRows(&b, cols, n)
+	switch {
+	case bump:
+		var item strings.Builder
+		if d.assignVersion(&item, newVals, oldVals) {
+			if len(set) > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(item.String())
+		}
+	case len(set) == 0:
+		// Nothing to write and the version kept: an UPDATE needs one SET item.
+		b.WriteString(quote(d.cols[d.version]) + " = t." + quote(d.cols[d.version]))
+	}
 	b.WriteString(" WHERE ")
-	for i, k := range d.key {
-		b.WriteString("t.")
-		b.WriteString(quote(d.cols[k]))
-		b.WriteString(" = v.c")
-		b.WriteString(strconv.Itoa(i + 1))
-		b.WriteString(" AND ")
+	n := d.whereKey(&b, "t", len(set)+1)
+	if check {
+		d.whereVersion(&b, "t", n)
 	}
-	b.WriteString(d.versionExpr("t"))
-	b.WriteString(" = v.c")
-	b.WriteString(strconv.Itoa(len(cols)))
-	b.WriteString(" RETURNING v.c0, ")
-	b.WriteString(d.versionExpr("t"))
+	if bump {
+		b.WriteString(" RETURNING ")
+		b.WriteString(d.versionRead("t"))
+	}
 	return b.String()
 }
 
-// bulkProbeSQL reads the current version of n keys, locking the rows FOR SHARE as probe does: ordinal and
-// version of each key that still exists.
-func (d *desc) bulkProbeSQL(n int) string {
+// forceSQL gives a row the next version without changing a value (for xmin, an assignment of the key to
+// itself, which writes a new row version). Parameters are the key, then the expected version.
+func (d *desc) forceSQL() string {
 	var b strings.Builder
-	b.WriteString("SELECT v.c0, ")
-	b.WriteString(d.versionExpr("t"))
+	b.WriteString("UPDATE ")
+	b.WriteString(d.ident().Sanitize())
+	b.WriteString(" AS t SET ")
+	if d.kind == VersionXmin {
+		d.assignVersion(&b, nil, nil)
+	} else {
+		b.WriteString(quote(d.cols[d.version]))
+		b.WriteString(" = ")
+		b.WriteString(d.nextVersion("t"))
+	}
+	b.WriteString(" WHERE ")
+	n := d.whereKey(&b, "t", 1)
+	d.whereVersion(&b, "t", n)
+	b.WriteString(" RETURNING ")
+	b.WriteString(d.versionRead("t"))
+	return b.String()
+}
+
+// deleteSQL deletes by key and, when check, the expected version.
+func (d *desc) deleteSQL(check bool) string {
+	var b strings.Builder
+	b.WriteString("DELETE FROM ")
+	b.WriteString(d.ident().Sanitize())
+	b.WriteString(" AS t WHERE ")
+	n := d.whereKey(&b, "t", 1)
+	if check {
+		d.whereVersion(&b, "t", n)
+	}
+	return b.String()
+}
+
+// colType is what the bulk statements need to know of a column, read from the catalog: the type to cast to
+// (format_type, without a type modifier, which the assignment applies) and the OID to encode a value for.
+type colType struct {
+	name string
+	oid  uint32
+}
+
+// unnestRows writes the derived table v of the bulk statements: one row per element of the array parameters
+// $1…, one parameter per column at positions cols, sent as text[] and cast to the column's type (so that any
+// type works, arrays and enums included, and a value is parsed exactly as the column would parse it), plus,
+// when withVersion, the expected versions as an array of the version's own type. Its columns are v.ord (the
+// row's ordinal, from 1), v.c1… (the columns in order) and v.ver.
+func (d *desc) unnestRows(b *strings.Builder, cols []int, types []colType, withVersion bool) {
+	b.WriteString("(SELECT u.ord")
+	for i, pos := range cols {
+		c := "c" + strconv.Itoa(i+1)
+		b.WriteString(", u." + c + "::" + types[pos].name + " AS " + c)
+	}
+	if withVersion {
+		b.WriteString(", u.ver")
+	}
+	b.WriteString(" FROM unnest(")
+	for i := range cols {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("$" + strconv.Itoa(i+1) + "::text[]")
+	}
+	if withVersion {
+		b.WriteString(", $" + strconv.Itoa(len(cols)+1) + "::")
+		if d.kind == VersionTimestamp {
+			b.WriteString(types[d.version].name)
+		} else {
+			b.WriteString("bigint")
+		}
+		b.WriteString("[]")
+	}
+	b.WriteString(") WITH ORDINALITY AS u(")
+	for i := range cols {
+		b.WriteString("c" + strconv.Itoa(i+1) + ", ")
+	}
+	if withVersion {
+		b.WriteString("ver, ")
+	}
+	b.WriteString("ord)) AS v")
+}
+
+// bulkColumns is the column order of a bulk update's arrays: key, then set columns.
+func (d *desc) bulkColumns(set []int) []int {
+	return append(append([]int(nil), d.key...), set...)
+}
+
+// bulkSQL updates any number of rows in one statement. Parameters are one text[] per column of bulkColumns
+// and the expected versions; RETURNING gives the ordinal of each row written and its version after the write,
+// which changed only when a value did (xmin: always).
+func (d *desc) bulkSQL(set []int, types []colType) string {
+	cols := d.bulkColumns(set)
+	var items, newVals []string
+	for i, pos := range set {
+		v := "v.c" + strconv.Itoa(len(d.key)+i+1)
+		items = append(items, quote(d.cols[pos])+" = "+v)
+		newVals = append(newVals, v)
+	}
+	var b strings.Builder
+	if d.assignVersion(&b, newVals, d.colsOf("t", set)) {
+		items = append(items, b.String())
+	}
+	b.Reset()
+	b.WriteString("UPDATE ")
+	b.WriteString(d.ident().Sanitize())
+	b.WriteString(" AS t SET ")
+	b.WriteString(strings.Join(items, ", "))
+	b.WriteString(" FROM ")
+	d.unnestRows(&b, cols, types, true)
+	b.WriteString(" WHERE ")
+	for i, k := range d.key {
+		b.WriteString(d.col("t", k) + " = v.c" + strconv.Itoa(i+1) + " AND ")
+	}
+	b.WriteString(d.versionRead("t"))
+	b.WriteString(" = v.ver RETURNING v.ord, ")
+	b.WriteString(d.versionRead("t"))
+	return b.String()
+}
+
+// bulkProbeSQL reads the current version of any number of keys, locking the rows FOR SHARE as probe does:
+// ordinal and version of each key that still exists. Parameters are one text[] per key column.
+func (d *desc) bulkProbeSQL(types []colType) string {
+	var b strings.Builder
+	b.WriteString("SELECT v.ord, ")
+	b.WriteString(d.versionRead("t"))
 	b.WriteString(" FROM ")
 	b.WriteString(d.ident().Sanitize())
 	b.WriteString(" AS t JOIN ")
-	d.typedRows(&b, d.key, n)
+	d.unnestRows(&b, d.key, types, false)
 	b.WriteString(" ON ")
 	for i, k := range d.key {
 		if i > 0 {
 			b.WriteString(" AND ")
 		}
-		b.WriteString("t.")
-		b.WriteString(quote(d.cols[k]))
-		b.WriteString(" = v.c")
-		b.WriteString(strconv.Itoa(i + 1))
+		b.WriteString(d.col("t", k) + " = v.c" + strconv.Itoa(i+1))
 	}
 	b.WriteString(" FOR SHARE OF t")
 	return b.String()

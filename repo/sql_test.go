@@ -1,13 +1,15 @@
 package repo
 
 import (
-	"github.com/pgcc/pgcc"
-
 	"errors"
 	"fmt"
+	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/pgcc/pgcc"
 )
 
 // segment is a piece of SQL: a quoted identifier (decoded) or the text between two of them.
@@ -89,15 +91,30 @@ func sameShape(got, want string, names []string) error {
 // statementsOf lists every statement a description leads to.
 func statementsOf(d *desc) []string {
 	s := d.build()
+	types := make([]colType, len(d.cols))
+	for i := range types {
+		types[i] = colType{name: "bigint"}
+	}
 	set := []int{1}
-	return []string{s.get, s.insert, s.update, s.delete, s.force, s.probe,
-		d.updateSQL(set), d.bulkSQL(s.updateSet, 1), d.bulkSQL(s.updateSet, 3), d.bulkProbeSQL(2)}
+	all := []string{s.get, s.insert, s.insertOrGet, s.upsert, s.update, s.delete, s.deleteAny, s.force, s.probe,
+		d.updateSQL(set, true, true), d.updateSQL(set, false, true), d.updateSQL(nil, true, true),
+		d.bulkSQL(s.updateSet, types), d.bulkSQL(nil, types), d.bulkProbeSQL(types)}
+	if d.kind != VersionXmin { // KeepVersion is refused for xmin, which every UPDATE changes
+		all = append(all, d.updateSQL(set, true, false), d.updateSQL(set, false, false), d.updateSQL(nil, true, false))
+	}
+	return all
 }
 
 // FuzzBuild builds every statement from arbitrary schema, table and column names and checks that each is,
 // segment for segment, the statement built from harmless placeholder names: a name can only ever be one
 // whole quoted identifier. Names the builder must reject (empty, NUL, invalid UTF-8, over 63 bytes,
-// duplicates) must be rejected by validate.
+// duplicates) must be rejected by validate. It also checks the key values of a Get against an integer and a
+// string key field: a float is accepted for the integer field exactly when it is an integer in range (never
+// truncated), a string only for the string field.
+//
+// Its corpus is in testdata/fuzz/FuzzBuild; run it for a while with
+//
+//	go test -run '^$' -fuzz '^FuzzBuild$' -fuzztime 10s ./repo/
 func FuzzBuild(f *testing.F) {
 	for _, seed := range [][5]string{
 		{"", "accounts", "id", "balance", "version"},
@@ -109,15 +126,21 @@ func FuzzBuild(f *testing.F) {
 		{"", strings.Repeat("n", 64), "k", "c", "v"},
 		{"", "t\x00", "k", "c", "v"},
 		{"", "t", "k", "k", "v"},
+		{"", "t", "p", "t", "excluded"},
 	} {
-		f.Add(seed[0], seed[1], seed[2], seed[3], seed[4], false)
-		f.Add(seed[0], seed[1], seed[2], seed[3], seed[4], true)
+		for kind := range uint8(3) {
+			f.Add(seed[0], seed[1], seed[2], seed[3], seed[4], kind, 3.9, "42")
+		}
 	}
-	f.Fuzz(func(t *testing.T, schema, table, key, col, version string, xmin bool) {
+	f.Add("", "t", "k", "c", "v", uint8(0), math.Ldexp(1, 63), "")
+	f.Add("", "t", "k", "c", "v", uint8(0), -math.Ldexp(1, 63), "x\ny")
+	f.Add("", "t", "k", "c", "v", uint8(0), math.NaN(), "\x00")
+	f.Add("", "t", "k", "c", "v", uint8(0), math.Inf(1), "id=1")
+	f.Fuzz(func(t *testing.T, schema, table, key, col, version string, kindNum uint8, num float64, text string) {
+		checkKeyValues(t, num, text)
 		names := []string{schema, table, key, col, version}
-		kind := VersionCounter
-		if xmin {
-			kind = VersionXmin
+		kind := VersionKind(kindNum % 3)
+		if kind == VersionXmin {
 			names[4] = "xmin"
 		}
 		d := &desc{schema: schema, table: table, kind: kind, cols: names[2:], key: []int{0}, version: 2, defaults: []int{1}}
@@ -135,7 +158,7 @@ func FuzzBuild(f *testing.F) {
 		if schema == "" {
 			safe[0] = ""
 		}
-		if xmin {
+		if kind == VersionXmin {
 			safe[4] = "xmin"
 		}
 		p := &desc{schema: safe[0], table: safe[1], kind: kind, cols: safe[2:], key: []int{0}, version: 2, defaults: []int{1}}
@@ -146,6 +169,36 @@ func FuzzBuild(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkKeyValues checks keyValueProblem against rules written independently: num for an int64 key field is
+// accepted exactly when it is an integer in range, and then pgx would send it unchanged; num for a string
+// field never; text for a string field always, for an int64 field never.
+func checkKeyValues(t *testing.T, num float64, text string) {
+	t.Helper()
+	int64Field, stringField := reflect.TypeFor[int64](), reflect.TypeFor[string]()
+	integral := num == math.Trunc(num) && num >= -math.Ldexp(1, 63) && num < math.Ldexp(1, 63)
+	if got := keyValueProblem(num, int64Field) == ""; got != integral {
+		t.Fatalf("key value %v for an int64 field accepted: %v, want %v", num, got, integral)
+	}
+	if integral && float64(int64(num)) != num {
+		t.Fatalf("key value %v accepted but not exact as an int64", num)
+	}
+	if keyValueProblem(num, stringField) == "" {
+		t.Fatalf("key value %v accepted for a string field", num)
+	}
+	if problem := keyValueProblem(text, stringField); problem != "" {
+		t.Fatalf("key value %q refused for a string field: %s", text, problem)
+	}
+	if keyValueProblem(text, int64Field) == "" {
+		t.Fatalf("key value %q accepted for an int64 field", text)
+	}
+	if p := keyValueProblem(&text, stringField); p != "" {
+		t.Fatalf("pointer to %q refused: %s", text, p)
+	}
+	if keyValueProblem((*string)(nil), stringField) == "" || keyValueProblem(nil, int64Field) == "" {
+		t.Fatal("a NULL key value was accepted")
+	}
 }
 
 // badNames is the rule validate must implement, written independently.
@@ -173,15 +226,20 @@ func TestBuildShape(t *testing.T) {
 	t.Parallel()
 	d := &desc{table: "accounts", cols: []string{"id", "owner", "version"}, key: []int{0}, version: 2}
 	s := d.build()
+	types := []colType{{name: "bigint"}, {name: "text"}, {name: "bigint"}}
 	for _, tc := range []struct{ got, want string }{
-		{s.get, `SELECT "id", "owner", "version" FROM "accounts" WHERE "id" = $1`},
-		{s.insert, `INSERT INTO "accounts" ("id", "owner", "version") VALUES ($1, $2, 1)`},
-		{s.update, `UPDATE "accounts" SET "owner" = $1, "version" = "version" + 1 WHERE "id" = $2 AND "version" = $3`},
-		{s.delete, `DELETE FROM "accounts" WHERE "id" = $1 AND "version" = $2`},
-		{s.force, `UPDATE "accounts" SET "version" = "version" + 1 WHERE "id" = $1 AND "version" = $2`},
-		{s.probe, `SELECT "version" FROM "accounts" WHERE "id" = $1 FOR SHARE`},
-		{d.bulkSQL(s.updateSet, 2), `UPDATE "accounts" AS t SET "owner" = v.c2, "version" = t."version" + 1 FROM ((SELECT 0, "id", "owner", "version" FROM "accounts" LIMIT 0) UNION ALL SELECT 1, $1, $2, $3 UNION ALL SELECT 2, $4, $5, $6) AS v(c0, c1, c2, c3) WHERE t."id" = v.c1 AND t."version" = v.c3 RETURNING v.c0, t."version"`},
-		{d.bulkProbeSQL(1), `SELECT v.c0, t."version" FROM "accounts" AS t JOIN ((SELECT 0, "id" FROM "accounts" LIMIT 0) UNION ALL SELECT 1, $1) AS v(c0, c1) ON t."id" = v.c1 FOR SHARE OF t`},
+		{s.get, `SELECT "id", "owner", coalesce("version", 0) FROM "accounts" WHERE "id" = $1`},
+		{s.insert, `INSERT INTO "accounts" AS t ("id", "owner", "version") VALUES ($1, $2, 1)`},
+		{s.insertOrGet, `INSERT INTO "accounts" AS t ("id", "owner", "version") VALUES ($1, $2, 1) ON CONFLICT ("id") DO NOTHING RETURNING coalesce("version", 0)`},
+		{s.upsert, `INSERT INTO "accounts" AS t ("id", "owner", "version") VALUES ($1, $2, 1) ON CONFLICT ("id") DO UPDATE SET "owner" = excluded."owner", "version" = CASE WHEN ROW(excluded."owner")::record *<> ROW(t."owner")::record THEN coalesce(t."version", 0) + 1 ELSE t."version" END WHERE coalesce(t."version", 0) = 0 RETURNING coalesce(t."version", 0), t.xmax = 0`},
+		{s.update, `UPDATE "accounts" AS t SET "owner" = CASE WHEN false THEN t."owner" ELSE $1 END, "version" = CASE WHEN ROW(CASE WHEN false THEN t."owner" ELSE $1 END)::record *<> ROW(CASE WHEN true THEN t."owner" ELSE $1 END)::record THEN coalesce(t."version", 0) + 1 ELSE t."version" END WHERE t."id" = $2 AND coalesce(t."version", 0) = $3 RETURNING coalesce(t."version", 0)`},
+		{d.updateSQL(s.updateSet, false, false), `UPDATE "accounts" AS t SET "owner" = $1 WHERE t."id" = $2`},
+		{s.delete, `DELETE FROM "accounts" AS t WHERE t."id" = $1 AND coalesce(t."version", 0) = $2`},
+		{s.deleteAny, `DELETE FROM "accounts" AS t WHERE t."id" = $1`},
+		{s.force, `UPDATE "accounts" AS t SET "version" = coalesce(t."version", 0) + 1 WHERE t."id" = $1 AND coalesce(t."version", 0) = $2 RETURNING coalesce(t."version", 0)`},
+		{s.probe, `SELECT coalesce("version", 0) FROM "accounts" WHERE "id" = $1 FOR SHARE`},
+		{d.bulkSQL(s.updateSet, types), `UPDATE "accounts" AS t SET "owner" = v.c2, "version" = CASE WHEN ROW(v.c2)::record *<> ROW(t."owner")::record THEN coalesce(t."version", 0) + 1 ELSE t."version" END FROM (SELECT u.ord, u.c1::bigint AS c1, u.c2::text AS c2, u.ver FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS u(c1, c2, ver, ord)) AS v WHERE t."id" = v.c1 AND coalesce(t."version", 0) = v.ver RETURNING v.ord, coalesce(t."version", 0)`},
+		{d.bulkProbeSQL(types), `SELECT v.ord, coalesce(t."version", 0) FROM "accounts" AS t JOIN (SELECT u.ord, u.c1::bigint AS c1 FROM unnest($1::text[]) WITH ORDINALITY AS u(c1, ord)) AS v ON t."id" = v.c1 FOR SHARE OF t`},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("got  %s\nwant %s", tc.got, tc.want)
@@ -190,8 +248,19 @@ func TestBuildShape(t *testing.T) {
 	x := &desc{table: "wallets", kind: VersionXmin, cols: []string{"id", "xmin"}, key: []int{0}, version: 1}
 	xs := x.build()
 	for _, tc := range []struct{ got, want string }{
-		{xs.insert, `INSERT INTO "wallets" ("id") VALUES ($1) RETURNING xmin::text::bigint`},
-		{xs.update, `UPDATE "wallets" SET "id" = "id" WHERE "id" = $1 AND xmin::text::bigint = $2 RETURNING xmin::text::bigint`},
+		{xs.insert, `INSERT INTO "wallets" AS t ("id") VALUES ($1) RETURNING xmin::text::bigint`},
+		{xs.update, `UPDATE "wallets" AS t SET "id" = t."id" WHERE t."id" = $1 AND t.xmin::text::bigint = $2 RETURNING t.xmin::text::bigint`},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got  %s\nwant %s", tc.got, tc.want)
+		}
+	}
+	ts := &desc{table: "posts", kind: VersionTimestamp, cols: []string{"id", "body", "updated_at"}, key: []int{0}, version: 2}
+	tss := ts.build()
+	for _, tc := range []struct{ got, want string }{
+		{tss.insert, `INSERT INTO "posts" AS t ("id", "body", "updated_at") VALUES ($1, $2, clock_timestamp()) RETURNING "updated_at"`},
+		{tss.update, `UPDATE "posts" AS t SET "body" = CASE WHEN false THEN t."body" ELSE $1 END, "updated_at" = CASE WHEN ROW(CASE WHEN false THEN t."body" ELSE $1 END)::record *<> ROW(CASE WHEN true THEN t."body" ELSE $1 END)::record THEN greatest(clock_timestamp(), t."updated_at" + interval '1 microsecond') ELSE t."updated_at" END WHERE t."id" = $2 AND t."updated_at" = $3 RETURNING t."updated_at"`},
+		{tss.force, `UPDATE "posts" AS t SET "updated_at" = greatest(clock_timestamp(), t."updated_at" + interval '1 microsecond') WHERE t."id" = $1 AND t."updated_at" = $2 RETURNING t."updated_at"`},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("got  %s\nwant %s", tc.got, tc.want)
@@ -199,8 +268,8 @@ func TestBuildShape(t *testing.T) {
 	}
 }
 
-// TestStatementsCached: the statements of UpdateColumns and UpdateAll are built once per column list and
-// batch size, then reused.
+// TestStatementsCached: the statements of UpdateColumns and of write options are built once per column set
+// and options, then reused, whatever the order the columns are named in.
 func TestStatementsCached(t *testing.T) {
 	t.Parallel()
 	type row struct {
@@ -213,18 +282,25 @@ func TestStatementsCached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, err := tbl.partialStmt([]string{"b", "a"})
+	set, err := tbl.columns([]string{"b", "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := tbl.partialStmt([]string{"b", "a"})
-	if err != nil || again != first {
-		t.Fatalf("second lookup built a new statement (%p, %p, %v)", first, again, err)
+	first := tbl.variant(set, writeConfig{})
+	other, err := tbl.columns([]string{"a", "b"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if want := `UPDATE "t" SET "b" = $1, "a" = $2, "version" = "version" + 1 WHERE "id" = $3 AND "version" = $4`; first.sql != want {
-		t.Fatalf("partial statement %s, want %s", first.sql, want)
+	if again := tbl.variant(other, writeConfig{}); again != first {
+		t.Fatalf("second lookup built a new statement (%p, %p)", first, again)
 	}
-	if tbl.sql.update != `UPDATE "t" SET "a" = $1, "b" = $2, "version" = "version" + 1 WHERE "id" = $3 AND "version" = $4` {
-		t.Fatalf("update statement %s", tbl.sql.update)
+	if skip := tbl.variant(other, writeConfig{skipCheck: true}); skip == first || strings.Contains(skip.sql, `"version", 0) = $`) {
+		t.Fatalf("SkipVersionCheck shares or compares: %s", skip.sql)
+	}
+	if first.sql != tbl.sql.update {
+		t.Fatalf("partial statement of every column %s, want the update %s", first.sql, tbl.sql.update)
+	}
+	if _, err := tbl.columns([]string{"a\x00b"}); !errors.Is(err, pgcc.ErrInvalidArgument) || !strings.Contains(err.Error(), "NUL") {
+		t.Fatalf("a column name with NUL: %v", err)
 	}
 }
