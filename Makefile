@@ -9,7 +9,7 @@ PKGS    ?= ./... ./migrations/... ./pgcctest/... ./cmd/pgcc/...
 RUN     := $(shell od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 TIMEOUT ?= 9m
 
-.PHONY: all test lint fmt bench bench-report demo sweep deps
+.PHONY: all test lint fmt bench bench-report demo sweep deps fuzz
 
 all: lint test
 
@@ -26,6 +26,12 @@ lint:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+## fuzz: the SQL builder's fuzz target, briefly (FUZZTIME=10s); its corpus is committed under repo/testdata/fuzz.
+FUZZTIME ?= 10s
+fuzz:
+	@status=0; PGCC_TEST_RUN=$(RUN) $(GO) test -run '^$$' -fuzz '^FuzzBuild$$' -fuzztime $(FUZZTIME) ./repo/ || status=$$?; \
+	$(GO) run ./internal/pgtest/sweep -run $(RUN) || true; exit $$status
 
 ## deps: what importing pgcc costs a service (modules and go.sum lines), against the floor; fails past the limits.
 deps:
