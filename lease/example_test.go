@@ -12,12 +12,12 @@ import (
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/lease"
-	"github.com/pgcc/pgcc/migrations"
 )
 
 // Only one nightly export at a time: the second caller learns who is running it, and a write guarded by a
-// stale token is refused. The pgcc schema (the lease table) is applied first, as a service does at start-up;
-// Up is safe to call from every replica and returns nil when the schema is current.
+// stale token is refused. The lease table comes from pgcc's schema: a service applies it at start-up with
+// migrations.Up(ctx, pool) from the separate module github.com/pgcc/pgcc/migrations (safe from every
+// replica; nil when current). The example's database already has it.
 func ExampleLeases_TryAcquire() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("PGCC_EXAMPLE_DATABASE_URL"))
@@ -26,10 +26,6 @@ func ExampleLeases_TryAcquire() {
 		return
 	}
 	defer pool.Close()
-	if err := migrations.Up(ctx, pool); err != nil {
-		fmt.Println(err)
-		return
-	}
 	name := fmt.Sprintf("example-export-%d", time.Now().UnixNano())
 	defer pool.Exec(ctx, "DELETE FROM pgcc.leases WHERE name = $1", name)
 
