@@ -167,9 +167,9 @@ func apply(ctx context.Context, tx pgx.Tx, tr transfer, fromBalance int64) error
 type kind int
 
 const (
-	applied  kind = iota // nil: it took effect, exactly once
-	failed               // a definite failure: it did not take effect
-	unknown              // ErrCommitUnknown: it may have
+	applied kind = iota // nil: it took effect, exactly once
+	failed              // a definite failure: it did not take effect
+	unknown             // ErrCommitUnknown: it may have
 )
 
 // documented lists the sentinels an operation may return, most specific first: an error is counted under the
@@ -494,7 +494,9 @@ func summary(m map[string]int) string {
 	for n := range m {
 		names = append(names, n)
 	}
-	sort.Slice(names, func(i, j int) bool { return m[names[i]] > m[names[j]] || m[names[i]] == m[names[j]] && names[i] < names[j] })
+	sort.Slice(names, func(i, j int) bool {
+		return m[names[i]] > m[names[j]] || m[names[i]] == m[names[j]] && names[i] < names[j]
+	})
 	parts := make([]string, len(names))
 	for i, n := range names {
 		parts[i] = fmt.Sprintf("%s=%d", n, m[n])
