@@ -359,7 +359,7 @@ func (r *runner) beginFailed(ctx context.Context, err error) (outcome, error) {
 	if r.conn != nil && !r.conn.IsClosed() && r.conn.PgConn().TxStatus() != 'I' {
 		// A statement after BEGIN in the same message failed (the key's INSERT, a SET LOCAL) and left the
 		// caller's connection in the aborted transaction. A pool destroys such a connection on release.
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		closeCtx, cancel := detached(ctx)
 		_, _ = r.conn.Exec(closeCtx, "ROLLBACK")
 		cancel()
 	}
@@ -386,7 +386,7 @@ func (r *runner) fnFailed(ctx context.Context, conn *pgx.Conn, err error) (outco
 	case r.readOnlyServer(err):
 		if r.reconnects {
 			// The server accepts no writes; a new connection may reach the one that does.
-			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+			closeCtx, cancel := detached(ctx)
 			defer cancel()
 			_ = conn.Close(closeCtx)
 		}
@@ -433,7 +433,7 @@ func nested(ctx context.Context, tx pgx.Tx, fn func(context.Context, pgx.Tx) err
 // rollback ends tx after a failure. Its error is not the caller's concern: if ROLLBACK fails, pgx closes the
 // connection and a pool replaces it.
 func rollback(ctx context.Context, tx pgx.Tx) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	ctx, cancel := detached(ctx)
 	defer cancel()
 	_ = tx.Rollback(ctx)
 }
