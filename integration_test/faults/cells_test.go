@@ -173,10 +173,10 @@ func TestDeadlineWhileHung(t *testing.T) {
 func TestCrashRestart(t *testing.T) {
 	t.Parallel()
 	p := loadParams(t)
-	pgtest.Deadline(t, time.Duration(len(strategies))*(p.duration+time.Minute))
 	inst := pginstance.Start(t)
 	for i, s := range strategies {
 		t.Run(s.name, func(t *testing.T) {
+			pgtest.Deadline(t, p.duration+2*time.Minute)
 			name := "faults_" + s.name
 			inst.CreateDatabase(name)
 			db := &pgtest.DB{Name: name, DSN: inst.DSN(name)}
