@@ -79,7 +79,8 @@ func TestBackendKills(t *testing.T) {
 // TestNetworkFaults runs every strategy through a proxy that resets every connection, hangs every connection
 // for 0.1–1.5 s (past the operations' 1 s deadline), loses the reply to some COMMITs (it committed, the client
 // gets a reset), holds some COMMITs' replies until the next resume, and resets some statements instead of
-// sending them.
+// sending them. Operations without an idempotency key have a 1 s deadline, shorter than the longest hang;
+// those with a key have 10 s, longer, so that the key's look-up can settle every lost COMMIT.
 func TestNetworkFaults(t *testing.T) {
 	t.Parallel()
 	p := loadParams(t)
@@ -93,7 +94,7 @@ func TestNetworkFaults(t *testing.T) {
 			proxied := &pgtest.DB{Name: direct.Name, DSN: dsn}
 			check := direct.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
 			c := cell{p: p, s: s, pool: workerPool(t, proxied, p), check: func(*testing.T) *pgxpool.Pool { return check },
-				timeout: time.Second}
+				timeout: time.Second, keyedTimeout: 10 * time.Second}
 			c.inject = func(ctx context.Context, rec *recorder) {
 				lose := proxy.OnQuery(faultnet.IsCommit, faultnet.LoseReply, faultnet.Always(), faultnet.Probability(0.03))
 				hold := proxy.OnQuery(faultnet.IsCommit, faultnet.HangAfter, faultnet.Always(), faultnet.Probability(0.005))
