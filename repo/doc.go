@@ -77,7 +77,7 @@
 //     a write with [SkipVersionCheck] found none; errors.Is with pgx.ErrNoRows holds too.
 //   - [pgcc.ErrInvalidArgument] from [NewTable] and for options and arguments (a nil handle, typed nils
 //     included; a nil table or row; a key value of the wrong type; a changed [Tracked] key): nothing was sent,
-//     and the message names the argument. docs/bad-input-repo.md lists every case.
+//     and the message names the argument. docs/reliability.md ("Bad input") lists every case.
 //
 // Errors PostgreSQL reports (a unique violation on Insert, a serialization failure inside a REPEATABLE READ
 // transaction) are wrapped with the table and key, and errors.As still finds the *pgconn.PgError.
