@@ -15,6 +15,11 @@ import (
 	"github.com/pgcc/pgcc/internal/schema"
 )
 
+// keyedTimeout is the deadline of an operation with an idempotency key: long enough for the key's look-up to
+// settle a lost COMMIT between the faults, even in the long form, where 32 workers share 8 connections and
+// the look-up waits for one of them while backends keep being killed.
+const keyedTimeout = 30 * time.Second
+
 // newBank creates the workload's tables in db.
 func newBank(t *testing.T, db *pgtest.DB) {
 	t.Helper()
@@ -58,7 +63,7 @@ func TestBackendKills(t *testing.T) {
 			newBank(t, db)
 			admin := db.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
 			c := cell{p: p, s: s, pool: workerPool(t, db, p), check: func(*testing.T) *pgxpool.Pool { return admin },
-				timeout: 5 * time.Second}
+				timeout: 5 * time.Second, keyedTimeout: keyedTimeout}
 			c.inject = func(ctx context.Context, rec *recorder) {
 				for sleep(ctx, time.Duration(50+rand.IntN(100))*time.Millisecond) {
 					var n int
@@ -76,11 +81,11 @@ func TestBackendKills(t *testing.T) {
 	}
 }
 
-// TestNetworkFaults runs every strategy through a proxy that resets every connection, hangs every connection
-// for 0.1–1.5 s (past the operations' 1 s deadline), loses the reply to some COMMITs (it committed, the client
+// TestNetworkFaults runs every strategy through a proxy that, every 0.2–0.6 s, either resets every connection
+// (half the time), hangs every connection for 0.1–1.5 s (a quarter), or ends the holds below; it also loses the reply to some COMMITs (it committed, the client
 // gets a reset), holds some COMMITs' replies until the next resume, and resets some statements instead of
 // sending them. Operations without an idempotency key have a 1 s deadline, shorter than the longest hang;
-// those with a key have 10 s, longer, so that the key's look-up can settle every lost COMMIT.
+// those with a key have keyedTimeout.
 func TestNetworkFaults(t *testing.T) {
 	t.Parallel()
 	p := loadParams(t)
@@ -94,7 +99,7 @@ func TestNetworkFaults(t *testing.T) {
 			proxied := &pgtest.DB{Name: direct.Name, DSN: dsn}
 			check := direct.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
 			c := cell{p: p, s: s, pool: workerPool(t, proxied, p), check: func(*testing.T) *pgxpool.Pool { return check },
-				timeout: time.Second, keyedTimeout: 10 * time.Second}
+				timeout: time.Second, keyedTimeout: keyedTimeout}
 			c.inject = func(ctx context.Context, rec *recorder) {
 				lose := proxy.OnQuery(faultnet.IsCommit, faultnet.LoseReply, faultnet.Always(), faultnet.Probability(0.03))
 				hold := proxy.OnQuery(faultnet.IsCommit, faultnet.HangAfter, faultnet.Always(), faultnet.Probability(0.005))
@@ -108,7 +113,7 @@ func TestNetworkFaults(t *testing.T) {
 					rec.fault("COMMIT replies held", hold.Fired())
 					rec.fault("statements reset instead of sent", reset.Fired())
 				}()
-				for sleep(ctx, time.Duration(100+rand.IntN(200))*time.Millisecond) {
+				for sleep(ctx, time.Duration(200+rand.IntN(400))*time.Millisecond) {
 					switch rand.IntN(4) {
 					case 0, 1:
 						proxy.ResetAll()
@@ -183,7 +188,7 @@ func TestCrashRestart(t *testing.T) {
 			db := &pgtest.DB{Name: name, DSN: inst.DSN(name)}
 			migrate(t, db)
 			newBank(t, db)
-			c := cell{p: p, s: s, pool: workerPool(t, db, p), timeout: 20 * time.Second}
+			c := cell{p: p, s: s, pool: workerPool(t, db, p), timeout: keyedTimeout}
 			c.check = func(t *testing.T) *pgxpool.Pool { return db.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 }) }
 			c.inject = func(ctx context.Context, rec *recorder) {
 				if !sleep(ctx, p.duration/3+time.Duration(i)*37*time.Millisecond) {

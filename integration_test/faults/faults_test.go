@@ -404,8 +404,10 @@ func (c cell) call(tr transfer, f func(ctx context.Context) error) outcome {
 	return o
 }
 
-// overrunBound is how far past its context's deadline a call may return, besides the longest stall of the
-// whole process measured during the run.
+// overrunBound is how far past its context's deadline a call may return. In the workload cells the bound also
+// allows twice the longest stall of the whole process measured during the run: with 32 workers on two loaded
+// cores and the race detector, a goroutine whose timer fired can wait in the run queue as long as the measuring
+// one did, and longer. TestDeadlineWhileHung asserts overrunBound alone.
 const overrunBound = 100 * time.Millisecond
 
 // verify checks the database against the outcomes.
@@ -470,7 +472,7 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 		if over := o.elapsed - o.timeout; over > tot.maxOverrun {
 			tot.maxOverrun = over
 		}
-		if o.elapsed > o.timeout+overrunBound+lag {
+		if o.elapsed > o.timeout+overrunBound+2*lag {
 			violate("%s returned %v after a %v deadline (the process stalled %v at worst): %v", o.tr.op, o.elapsed, o.timeout, lag, o.err)
 		}
 		if o.tr.from == 0 { // the counter and the reader
