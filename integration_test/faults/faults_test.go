@@ -180,6 +180,8 @@ var documented = []struct {
 }{
 	{"ErrCommitUnknown", pgcc.ErrCommitUnknown},
 	{"ErrRetriesExhausted", pgcc.ErrRetriesExhausted},
+	{"context.DeadlineExceeded", context.DeadlineExceeded},
+	{"context.Canceled", context.Canceled},
 	{"ErrConnectionLost", pgcc.ErrConnectionLost},
 	{"ErrLockNotAvailable", pgcc.ErrLockNotAvailable},
 	{"ErrSerialization", pgcc.ErrSerialization},
@@ -189,8 +191,6 @@ var documented = []struct {
 	{"ErrFenced", pgcc.ErrFenced},
 	{"ErrHeld", pgcc.ErrHeld},
 	{"ErrNotFound", pgcc.ErrNotFound},
-	{"context.DeadlineExceeded", context.DeadlineExceeded},
-	{"context.Canceled", context.Canceled},
 }
 
 // classify names err's documented kind and says what it tells about the operation; ok is false for an error
@@ -204,9 +204,10 @@ func classify(err error) (k kind, name string, ok bool) {
 			if d.err == pgcc.ErrCommitUnknown {
 				return unknown, d.name, true
 			}
-			if d.err == pgcc.ErrRetriesExhausted { // name the condition of the last attempt too
-				for _, c := range documented {
-					if c.err != pgcc.ErrRetriesExhausted && errors.Is(err, c.err) {
+			if d.err == pgcc.ErrRetriesExhausted || d.err == context.DeadlineExceeded || d.err == context.Canceled {
+				// Name the condition of the last attempt too: why it was still retrying.
+				for _, c := range documented[4:] {
+					if errors.Is(err, c.err) {
 						return failed, d.name + "(" + c.name + ")", true
 					}
 				}
