@@ -233,11 +233,12 @@ type recorder struct {
 	mu       sync.Mutex
 	outcomes []outcome
 	byName   map[string]int
+	example  map[string]string // the first error of each name
 	faults   map[string]int
 }
 
 func newRecorder() *recorder {
-	return &recorder{byName: map[string]int{}, faults: map[string]int{}}
+	return &recorder{byName: map[string]int{}, faults: map[string]int{}, example: map[string]string{}}
 }
 
 func (r *recorder) add(o outcome) {
@@ -245,6 +246,13 @@ func (r *recorder) add(o outcome) {
 	defer r.mu.Unlock()
 	r.outcomes = append(r.outcomes, o)
 	r.byName[o.name]++
+	if _, ok := r.example[o.name]; !ok && o.err != nil {
+		msg := o.err.Error()
+		if len(msg) > 300 {
+			msg = msg[:300] + "…"
+		}
+		r.example[o.name] = msg
+	}
 }
 
 func (r *recorder) fault(name string, n int) {
@@ -513,6 +521,11 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 		"max overrun past deadline %v (process stall %v); faults %v; outcomes %s",
 		c.s.name, tot.ops, tot.applied, tot.failed, tot.unknown, tot.keyedUnknown, tot.counterOK, tot.counterUnknown,
 		tot.maxOverrun.Round(time.Millisecond), lag.Round(time.Millisecond), rec.faults, summary(rec.byName))
+	if testing.Verbose() {
+		for name, msg := range rec.example {
+			t.Logf("  e.g. %s: %s", name, msg)
+		}
+	}
 }
 
 // summary formats counts by name, largest first.
