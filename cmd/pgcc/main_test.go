@@ -175,6 +175,7 @@ func TestUsageErrors(t *testing.T) {
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	code, out, stderr := pgcc(t, "demo", "-dsn", db.DSN, "-workers", "4", "-ops", "60", "-think", "1ms")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -200,6 +201,8 @@ func TestDemo(t *testing.T) {
 func TestBench(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	// The command runs on its own pool and then renders plots: nothing the watchdog sees as progress.
+	pgtest.Opaque(t, 5*time.Minute)
 	dir := t.TempDir()
 	jsonPath := filepath.Join(dir, "report.json")
 	code, out, stderr := pgcc(t, "bench", "-dsn", db.DSN, "-workloads", "hot,bank,queue", "-strategies", "naive,optimistic,pessimistic",
@@ -264,6 +267,7 @@ func TestBench(t *testing.T) {
 func TestLocksOnce(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	code, out, stderr := pgcc(t, "locks", "-dsn", db.DSN, "-watch", "100ms", "-count", "2")
 	if code != 0 || strings.Count(out, "waiting for a lock")+strings.Count(out, "session(s) waiting") < 2 {
 		t.Fatalf("exit %d, out %q, stderr %q", code, out, stderr)
@@ -308,6 +312,7 @@ func TestSignalStopsTheCommandWithinASecond(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	for _, sig := range []os.Signal{syscall.SIGTERM, os.Interrupt} {
 		cmd := exec.Command(bin, "bench", "-dsn", db.DSN, "-workloads", "hot", "-strategies", "optimistic",
 			"-workers", "4", "-duration", "1h", "-pgbench", "off", "-quiet")
