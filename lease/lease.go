@@ -10,9 +10,11 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/lockwait"
+	"github.com/pgcc/pgcc/internal/pgfail"
 )
 
 // Leases grants named, time-bounded ownership recorded in the table pgcc.leases (created by package
@@ -102,7 +104,10 @@ const (
 //
 // name and holder must be non-empty valid UTF-8 without NUL bytes, at most [MaxNameBytes] long; ttl is rounded
 // to microseconds and must be at least a millisecond. Anything else is refused with an error matching
-// [pgcc.ErrInvalidArgument] before anything is sent. ctx bounds the statement.
+// [pgcc.ErrInvalidArgument] before anything is sent. ctx bounds the statement. When db is not a transaction, a
+// connection that could not be made is a *pgcc.ConnectionLostError (nothing was sent) and one that failed
+// once the statement may have been sent a *pgcc.CommitUnknownError: the grant may have been made, under
+// holder's name, and expires unused if nobody learns its token (Renew and Release say the same).
 func (ls *Leases) TryAcquire(ctx context.Context, name, holder string, ttl time.Duration) (*Lease, error) {
 	l, _, err := ls.tryAcquire(ctx, name, holder, ttl)
 	return l, err
@@ -128,7 +133,7 @@ func (ls *Leases) tryAcquire(ctx context.Context, name, holder string, ttl time.
 			continue
 		}
 		if err != nil {
-			return nil, time.Time{}, wrap(err)
+			return nil, time.Time{}, ls.lost(wrap(err))
 		}
 		if !granted {
 			return nil, now, &HeldError{Name: name, Holder: l.Holder, Since: l.Acquired, Until: l.Expires}
@@ -143,15 +148,27 @@ func (ls *Leases) tryAcquire(ctx context.Context, name, holder string, ttl time.
 // expire (checking at least every second, in case it is released early) until it gets the lease or ctx ends.
 // Each attempt is one statement, which also reads the database clock the wait is computed from. ctx bounds
 // the statements and the waits; when it ends, Acquire returns the context's error joined with the last
-// [*HeldError].
+// [*HeldError]. On a pool, a connection failure (pgcc.ErrConnectionLost, pgcc.ErrCommitUnknown) is tried
+// again too, with a backoff up to a second, on another connection: a grant made by an attempt whose reply was
+// lost is held under holder's name, so the next attempt waits for it to expire rather than use it.
 func (ls *Leases) Acquire(ctx context.Context, name, holder string, ttl time.Duration) (*Lease, error) {
-	for {
+	for failures := 0; ; {
 		l, now, err := ls.tryAcquire(ctx, name, holder, ttl)
 		var held *HeldError
-		if !errors.As(err, &held) {
+		var wait time.Duration
+		switch {
+		case errors.As(err, &held):
+			wait = min(max(held.Until.Sub(now), acquirePollMin), acquirePollMax)
+		case ctx.Err() == nil && pgfail.Reconnects(ls.db) &&
+			(errors.Is(err, pgcc.ErrConnectionLost) || errors.Is(err, pgcc.ErrCommitUnknown)):
+			// The connection failed: on a pool, the next attempt gets another one. A grant that may have been
+			// made is harmless: it is held under this holder's name, the next attempt finds it held, and it
+			// expires unused; the grant Acquire returns is always one whose token it read.
+			failures++
+			wait = min(acquirePollMin<<min(failures, 7), acquirePollMax)
+		default:
 			return l, err
 		}
-		wait := min(max(held.Until.Sub(now), acquirePollMin), acquirePollMax)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -187,7 +204,7 @@ func (l *Lease) renew(ctx context.Context) (time.Time, error) {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return time.Time{}, l.leases.fenced(ctx, l.Name, l.Token)
 	}
-	return expires, wrap(err)
+	return expires, l.leases.lost(wrap(err))
 }
 
 // Release ends the grant now, so the next Acquire succeeds at once (with a greater token). Releasing a grant
@@ -199,7 +216,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	tag, err := l.leases.db.Exec(ctx, releaseSQL, l.Name, l.Token)
 	if err != nil {
-		return wrap(err)
+		return l.leases.lost(wrap(err))
 	}
 	if tag.RowsAffected() == 0 {
 		return l.leases.fenced(ctx, l.Name, l.Token)
@@ -337,6 +354,27 @@ func wrap(err error) error {
 		return fmt.Errorf("pgcc: the lease table pgcc.leases does not exist in this database: apply pgcc's migrations first, "+
 			"with migrations.Up(ctx, pool) from github.com/pgcc/pgcc/migrations at start-up (or migrations.FS() with your own "+
 			"golang-migrate tooling, version table pgcc.schema_migrations): %w", err)
+	}
+	return err
+}
+
+// lost types the error of a statement that runs by itself (autocommit) on a connection that failed: a
+// failure to connect is a *pgcc.ConnectionLostError (nothing was sent), any other connection failure a
+// *pgcc.CommitUnknownError (it may have been applied). Errors of statements inside the caller's transaction
+// are left to whoever runs the transaction.
+func (ls *Leases) lost(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, inTx := ls.db.(pgx.Tx); inTx {
+		return err
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) && pgfail.ConnectionFailed(err) {
+		return &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !pgfail.Reconnects(ls.db), Err: err}
+	}
+	if pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
+		return &pgcc.CommitUnknownError{Attempts: 1, Err: err}
 	}
 	return err
 }
