@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/lease"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -22,6 +23,7 @@ var strategies = []strategy{
 	{"serializable", serializable},
 	{"advisory", advisory},
 	{"skiplocked", skipLocked},
+	{"lease", leaseGuarded},
 }
 
 // optimistic: repo.Modify's version compare-and-swap on each account inside txn.Run, the source first (its
@@ -134,5 +136,42 @@ func skipLocked(ctx context.Context, pool *pgxpool.Pool, tr transfer) error {
 			return err
 		}
 		return apply(ctx, tx, tr, rows[0].Balance)
+	}, tr.opts()...)
+}
+
+// leaseTTL is the time-to-live of the leases of leaseGuarded: a holder that vanished (a lost connection, a
+// COMMIT whose reply never came) blocks its account for at most this long.
+const leaseTTL = 2 * time.Second
+
+// leaseGuarded: the source account is owned through a lease (lease.Leases.Acquire, waiting while another
+// transfer holds it), and the transfer's transaction checks the lease's fencing token with lease.Guard before
+// it debits; the credit is a relative update that needs no owner. The lease is released afterwards; a release
+// that fails leaves it to expire.
+func leaseGuarded(ctx context.Context, pool *pgxpool.Pool, tr transfer) error {
+	leases := lease.New(pool)
+	name := fmt.Sprintf("faults-account-%d", tr.from)
+	l, err := leases.Acquire(ctx, name, tr.op, leaseTTL)
+	if err != nil {
+		if errors.Is(err, pgcc.ErrCommitUnknown) {
+			// Whether a lease was granted is unknown, but the transfer certainly did not run: report that.
+			return fmt.Errorf("%w: no lease, so no transfer (%v)", pgcc.ErrConnectionLost, err)
+		}
+		return err
+	}
+	defer func() {
+		// Bounded like the rest of the call: a release that cannot finish leaves the lease to expire.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 50*time.Millisecond)
+		defer cancel()
+		_ = l.Release(rctx)
+	}()
+	return txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		if err := lease.Guard(ctx, tx, name, l.Token); err != nil {
+			return err
+		}
+		var balance int64
+		if err := tx.QueryRow(ctx, "SELECT balance FROM accounts WHERE id = $1", tr.from).Scan(&balance); err != nil {
+			return err
+		}
+		return apply(ctx, tx, tr, balance)
 	}, tr.opts()...)
 }
