@@ -134,9 +134,9 @@ func TestNetworkFaults(t *testing.T) {
 }
 
 // TestDeadlineWhileHung: with every connection hung, each strategy's call returns within its deadline plus
-// overrunBound, with a context error, and the pool gets its connections back once the network recovers.
+// overrunBound, with a context error, and the pool gets its connections back once the network recovers. It is
+// not parallel, so that it runs before the workload cells start: they would stall the process it measures.
 func TestDeadlineWhileHung(t *testing.T) {
-	t.Parallel()
 	direct := pgtest.NewDB(t)
 	newBank(t, direct)
 	proxy, dsn := faultnet.ForDSN(t, direct.DSN)
