@@ -154,6 +154,9 @@ func leaseGuarded(ctx context.Context, pool *pgxpool.Pool, tr transfer) error {
 	if err != nil {
 		if errors.Is(err, pgcc.ErrCommitUnknown) {
 			// Whether a lease was granted is unknown, but the transfer certainly did not run: report that.
+			if ctx.Err() != nil {
+				return fmt.Errorf("no lease, so no transfer: %w (%v)", ctx.Err(), err)
+			}
 			return fmt.Errorf("%w: no lease, so no transfer (%v)", pgcc.ErrConnectionLost, err)
 		}
 		return err
