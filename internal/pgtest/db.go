@@ -74,7 +74,9 @@ func (d *DB) Pool(t testing.TB, configure ...func(*pgxpool.Config)) *pgxpool.Poo
 
 const leakGrace = testdb.LeakGrace
 
-func awaitReleased(pool *pgxpool.Pool, grace time.Duration) int32 { return testdb.AwaitReleased(pool, grace) }
+func awaitReleased(pool *pgxpool.Pool, grace time.Duration) int32 {
+	return testdb.AwaitReleased(pool, grace)
+}
 
 // Conn opens a single connection on the database, closed when t ends.
 func (d *DB) Conn(t testing.TB) *pgx.Conn {
