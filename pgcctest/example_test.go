@@ -79,7 +79,7 @@ func call(handler http.HandlerFunc, target string, header ...string) int {
 // faultPool starts a server whose template holds the service's schema, and opens a FaultPool on a database
 // copied from it. A test does this with pgcctest.Main in TestMain and db.FaultPool(t); an example has no t.
 func faultPool(ctx context.Context) (*pgcctest.FaultPool, func(), error) {
-	srv, err := pgcctest.Start(ctx, pgcctest.SQL(schema))
+	srv, err := pgcctest.Start(ctx, pgcctest.SQL(serviceSchema))
 	if err != nil {
 		return nil, nil, err
 	}

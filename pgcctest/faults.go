@@ -345,6 +345,16 @@ func (p *FaultPool) before(st *txState, sql string) action {
 			f.take()
 		}
 	}
+	if a.fail != nil {
+		// The statement will not run, so no hook may run after it: give their firings back.
+		for _, f := range a.hooks {
+			f.fired--
+			if f.left >= 0 {
+				f.left++
+			}
+		}
+		a.hooks = nil
+	}
 	return a
 }
 

@@ -14,19 +14,20 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/schema"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/pgcctest"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
 
-// schema is the "service's own" schema the tests apply to the template with pgcctest.SQL.
-const schema = `
+// serviceSchema is the "service's own" schema the tests apply to the template with pgcctest.SQL.
+const serviceSchema = `
 CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL, version bigint NOT NULL);
 INSERT INTO accounts VALUES (1, 'ada', 100, 1), (2, 'bob', 50, 1);`
 
 func TestMain(m *testing.M) {
-	pgcctest.Main(m, pgcctest.SQL(schema))
+	pgcctest.Main(m, pgcctest.SQL(serviceSchema))
 }
 
 type Account struct {
@@ -84,7 +85,17 @@ func TestDatabasePerTest(t *testing.T) {
 		if _, err := pool.Exec(ctx, "UPDATE accounts SET balance = 0"); err != nil {
 			t.Fatal(err)
 		}
-		// pgcc's schema is in the template too.
+		// pgcc's schema is in the template too, at the latest version, recorded as golang-migrate records it.
+		latest, err := schema.Latest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var version int64
+		var dirty bool
+		if err := pool.QueryRow(ctx, "SELECT version, dirty FROM pgcc.schema_migrations").Scan(&version, &dirty); err != nil ||
+			version != int64(latest) || dirty {
+			t.Fatalf("pgcc.schema_migrations: version %d, dirty %v, %v; want %d, clean", version, dirty, err, latest)
+		}
 		var n int
 		if err := pool.QueryRow(ctx, "SELECT count(*) FROM pgcc.idempotency_keys").Scan(&n); err != nil {
 			t.Fatal(err)

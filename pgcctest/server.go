@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc/internal/schema"
 	"github.com/pgcc/pgcc/internal/testdb"
-	"github.com/pgcc/pgcc/migrations"
 )
 
 // EnvDatabaseURL names the environment variable that points the kit at a server: a connection string for a
@@ -90,7 +90,8 @@ type Server struct {
 // Start finds a server, in this order: [DatabaseURL], the environment variable [EnvDatabaseURL], a container
 // started with testcontainers-go ([StartContainer]) when a Docker engine answers, PostgreSQL on 127.0.0.1:5432
 // as postgres. It drops databases of earlier runs older than two hours, then builds the template: pgcc's
-// migrations (unless [WithoutPgccSchema]) and each [Setup] in order. [Server.Close] drops the template and
+// migrations (unless [WithoutPgccSchema]; the files and version table of the migrations module, applied
+// without golang-migrate) and each [Setup] in order. [Server.Close] drops the template and
 // stops the container.
 func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	cfg := config{startTimer: 2 * time.Minute}
@@ -131,6 +132,19 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	return s, nil
 }
 
+// applyPgccSchema applies pgcc's migrations to the database dsn names with internal/schema: the files the
+// migrations module embeds, recorded in "pgcc"."schema_migrations" as golang-migrate records them (so that
+// migrations.Up run by the code under test finds the schema current), without golang-migrate and its
+// dependencies entering the module graph of every service's tests.
+func applyPgccSchema(ctx context.Context, dsn string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return schema.Apply(ctx, conn)
+}
+
 func (s *Server) buildTemplate(ctx context.Context, cfg *config) error {
 	name := s.names.Next()
 	if err := testdb.Create(ctx, s.admin, name, "template0"); err != nil {
@@ -142,8 +156,8 @@ func (s *Server) buildTemplate(ctx context.Context, cfg *config) error {
 		return err
 	}
 	if !cfg.noPgcc {
-		if err := migrations.UpDSN(ctx, dsn); err != nil {
-			return fmt.Errorf("pgcc migrations: %w", err)
+		if err := applyPgccSchema(ctx, dsn); err != nil {
+			return fmt.Errorf("pgcc schema: %w", err)
 		}
 	}
 	for i, setup := range cfg.setups {
