@@ -124,6 +124,13 @@ func (f *Fault) Remove() {
 // faults), and a second pool of two direct connections serves [FaultPool.AfterStatement] hooks. It creates
 // the schema "pgcctest" (a table with a deferred constraint trigger, used by [FaultPool.FailCommit]) in the
 // database if it is missing. Tests use [DB.FaultPool], which closes it when the test ends.
+//
+// [FaultPool.LoseReply] matches a statement by its simple Query or Parse message and loses the server's
+// answer up to the next ReadyForQuery. With pgx.QueryExecModeExec (what DB.FaultPool sets) or the simple
+// protocol, that answer is the statement's execution. With pgx's default mode (QueryExecModeCacheStatement)
+// a statement is first prepared in a round trip of its own, whose answer is then the one lost (the statement
+// never ran), and a statement already in the cache sends no Parse and is not matched at all. COMMIT, sent
+// by pgx as a simple query, is matched in every mode.
 func OpenFaultPool(ctx context.Context, cfg *pgxpool.Config) (*FaultPool, error) {
 	if cfg.ConnConfig.Host == "" || cfg.ConnConfig.Host[0] == '/' {
 		return nil, fmt.Errorf("pgcctest: a FaultPool needs a server reached over TCP, not %q", cfg.ConnConfig.Host)
@@ -158,15 +165,19 @@ func OpenFaultPool(ctx context.Context, cfg *pgxpool.Config) (*FaultPool, error)
 	return &FaultPool{Pool: pool, proxy: proxy, other: other}, nil
 }
 
-// FaultPool opens a [FaultPool] on the database, configured as [DB.Pool] configures a pool. When t ends it
-// checks that every connection was released (as DB.Pool does), reports errors of AfterStatement hooks as
-// test failures, and closes the pool, its proxy and its direct connections.
+// FaultPool opens a [FaultPool] on the database, configured as [DB.Pool] configures a pool except that
+// statements use pgx.QueryExecModeExec (one round trip each, for LoseReply; configure may change it). When t
+// ends it checks that every connection was released (as DB.Pool does), reports errors of AfterStatement hooks
+// as test failures, and closes the pool, its proxy and its direct connections.
 func (d *DB) FaultPool(t testing.TB, configure ...func(*pgxpool.Config)) *FaultPool {
 	t.Helper()
 	cfg, err := d.PoolConfig()
 	if err != nil {
 		t.Fatalf("pgcctest: %v", err)
 	}
+	// Every statement in one round trip, its Parse with its Execute, so that LoseReply loses the answer of a
+	// statement that ran (see OpenFaultPool).
+	cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
 	for _, f := range configure {
 		f(cfg)
 	}

@@ -384,3 +384,57 @@ func (r *recorder) runCleanups(release func()) {
 		r.cleanups[i]()
 	}
 }
+
+// An autocommitted repo write whose answer is lost: the write happened, and repo says the outcome is unknown.
+func TestLoseReplyRepoUpdate(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	p := pgcctest.NewDB(t).FaultPool(t)
+	a, err := accounts.Get(ctx, p, pgcc.Key{int64(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := p.LoseReply(pgcctest.HasPrefix("UPDATE"))
+	a.Balance = 7
+	err = accounts.Update(ctx, p, &a)
+	if !errors.Is(err, pgcc.ErrCommitUnknown) || f.Fired() != 1 || a.Version != 1 {
+		t.Fatalf("err %v, fired %d, version %d; want ErrCommitUnknown, 1, unchanged 1", err, f.Fired(), a.Version)
+	}
+	if b := balance(t, p, 1); b != 7 {
+		t.Fatalf("balance %d, want 7: the server applied the write", b)
+	}
+}
+
+// A serialization failure injected into Modify's write on the pool: Modify retries it as it retries a real one.
+func TestFailStatementRepoModify(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	p := pgcctest.NewDB(t).FaultPool(t)
+	f := p.FailStatement(1, pgerrcode.SerializationFailure, pgcctest.Matching(pgcctest.HasPrefix("UPDATE")))
+	calls := 0
+	got, err := accounts.Modify(ctx, p, pgcc.Key{int64(1)}, func(_ context.Context, a *Account) error {
+		calls++
+		a.Balance++
+		return nil
+	})
+	if err != nil || calls != 2 || f.Fired() != 1 || got.Balance != 101 || got.Version != 2 {
+		t.Fatalf("err %v, calls %d, fired %d, row %+v; want nil, 2, 1, balance 101 at version 2", err, calls, f.Fired(), got)
+	}
+}
+
+// A fault that is removed before it is reached never fires.
+func TestFaultRemove(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	p := pgcctest.NewDB(t).FaultPool(t)
+	f := p.FailStatement(1, pgerrcode.SerializationFailure)
+	c := p.FailCommit(pgerrcode.SerializationFailure)
+	l := p.LoseCommitReply()
+	f.Remove()
+	c.Remove()
+	l.Remove()
+	var attempts atomic.Int32
+	if err := deposit(ctx, p, 1, 1, &attempts); err != nil || attempts.Load() != 1 || f.Fired()+c.Fired()+l.Fired() != 0 {
+		t.Fatalf("err %v after %d attempts, fired %d %d %d", err, attempts.Load(), f.Fired(), c.Fired(), l.Fired())
+	}
+}
