@@ -20,6 +20,7 @@ var imports = []string{
 	"github.com/jackc/pgerrcode",
 	"github.com/pgcc/pgcc", "github.com/pgcc/pgcc/txn", "github.com/pgcc/pgcc/repo",
 	"github.com/pgcc/pgcc/lock", "github.com/pgcc/pgcc/lease", "github.com/pgcc/pgcc/migrations",
+	"github.com/pgcc/pgcc/counter",
 }
 
 func TestDocumentationCompiles(t *testing.T) {
