@@ -35,7 +35,7 @@ func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
 	var workloads, strategies, workers, pgbench string
 	fs.StringVar(&o.dsn, "dsn", "", "PostgreSQL connection string (default $DATABASE_URL, then 127.0.0.1:5432, then testcontainers)")
 	fs.StringVar(&workloads, "workloads", "all", "comma-separated: hot, uniform, zipf, bank, inventory, queue, or all")
-	fs.StringVar(&strategies, "strategies", "all", "comma-separated: naive, optimistic, pessimistic, nowait, serializable, advisory, or all")
+	fs.StringVar(&strategies, "strategies", "all", "comma-separated: naive, optimistic, pessimistic, nowait, serializable, advisory, combined, atomic, slotted; all (the first six) or hot (the last three)")
 	fs.StringVar(&workers, "workers", "1,8,32", "comma-separated concurrency levels")
 	fs.IntVar(&o.cfg.Rows, "rows", o.cfg.Rows, "rows of uniform, zipf, bank and inventory; jobs of queue")
 	fs.Float64Var(&o.cfg.Skew, "skew", o.cfg.Skew, "Zipf exponent (> 1) of zipf and inventory")
