@@ -180,6 +180,7 @@ func TestUsageErrors(t *testing.T) {
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	code, out, stderr := pgcc(t, "demo", "-dsn", db.DSN, "-workers", "4", "-ops", "60", "-think", "1ms")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -237,6 +238,8 @@ func TestDemoThroughPgBouncer(t *testing.T) {
 func TestBench(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	// The command runs on its own pool and then renders plots: nothing the watchdog sees as progress.
+	pgtest.Opaque(t, 5*time.Minute)
 	dir := t.TempDir()
 	jsonPath := filepath.Join(dir, "report.json")
 	code, out, stderr := pgcc(t, "bench", "-dsn", db.DSN, "-workloads", "hot,bank,queue", "-strategies", "naive,optimistic,pessimistic",
@@ -301,6 +304,7 @@ func TestBench(t *testing.T) {
 func TestLocksOnce(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	code, out, stderr := pgcc(t, "locks", "-dsn", db.DSN, "-watch", "100ms", "-count", "2")
 	if code != 0 || strings.Count(out, "waiting for a lock")+strings.Count(out, "session(s) waiting") < 2 {
 		t.Fatalf("exit %d, out %q, stderr %q", code, out, stderr)
@@ -345,6 +349,7 @@ func TestSignalStopsTheCommandWithinASecond(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	for _, sig := range []os.Signal{syscall.SIGTERM, os.Interrupt} {
 		cmd := exec.Command(bin, "bench", "-dsn", db.DSN, "-workloads", "hot", "-strategies", "optimistic",
 			"-workers", "4", "-duration", "1h", "-pgbench", "off", "-quiet")
