@@ -38,7 +38,8 @@ type Lease struct {
 	// Holder is who holds it, as given to Acquire.
 	Holder string
 	// Token is the grant's fencing token. Tokens of one name strictly increase with every grant, release and
-	// re-acquisition included.
+	// re-acquisition included, and across a failover: the first grant on a promoted standby is at least
+	// 2^32 + 1 above the old primary's timeline (migration 0003, docs/deployment.md).
 	Token int64
 	// Acquired is when the grant was made, on the database clock.
 	Acquired time.Time
