@@ -438,3 +438,38 @@ func TestFaultRemove(t *testing.T) {
 		t.Fatalf("err %v after %d attempts, fired %d %d %d", err, attempts.Load(), f.Fired(), c.Fired(), l.Fired())
 	}
 }
+
+// Faults armed with Times(n) fire n times in all across concurrent transactions, each transaction's retry
+// absorbs them, and every deposit lands once.
+func TestFaultsUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	p := pgcctest.NewDB(t).FaultPool(t)
+	c := p.FailCommit(pgerrcode.SerializationFailure, pgcctest.Times(3))
+	s := p.FailStatement(2, pgerrcode.DeadlockDetected, pgcctest.Times(3))
+	const workers, each = 4, 5
+	var attempts atomic.Int32
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			var err error
+			for range each {
+				if err = deposit(ctx, p, 2, 1, &attempts); err != nil {
+					break
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.Fired() != 3 || s.Fired() != 3 || attempts.Load() != workers*each+6 {
+		t.Fatalf("fired %d at COMMIT and %d at statement 2, %d attempts; want 3, 3, %d", c.Fired(), s.Fired(), attempts.Load(), workers*each+6)
+	}
+	if b := balance(t, p, 2); b != 50+workers*each {
+		t.Fatalf("balance %d, want %d", b, 50+workers*each)
+	}
+}
