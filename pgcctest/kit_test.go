@@ -473,3 +473,40 @@ func TestFaultsUnderConcurrency(t *testing.T) {
 		t.Fatalf("balance %d, want %d", b, 50+workers*each)
 	}
 }
+
+// Start and CreateDB work without a testing.TB; WithoutPgccSchema leaves pgcc's tables out of the template,
+// and Close drops it.
+func TestStartWithoutPgccSchema(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	admin := pgcctest.Pool(t) // any database of the same server, to look at pg_database from
+	srv, err := pgcctest.Start(ctx, pgcctest.WithoutPgccSchema(), pgcctest.SQL("CREATE TABLE t (x int)"))
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Skip(err)
+	}
+	db, err := srv.CreateDB(ctx)
+	if err != nil {
+		srv.Close()
+		t.Fatal(err)
+	}
+	conn := db.Conn(t)
+	var pgccSchema, table bool
+	err = conn.QueryRow(ctx, "SELECT to_regnamespace('pgcc') IS NOT NULL, to_regclass('t') IS NOT NULL").Scan(&pgccSchema, &table)
+	if err != nil || pgccSchema || !table {
+		t.Errorf("pgcc schema %v, table t %v, %v; want false, true", pgccSchema, table, err)
+	}
+	_ = conn.Close(ctx)
+	if err := db.Drop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	template := srv.Template()
+	srv.Close()
+	var left int
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_database WHERE datname = ANY($1)",
+		[]string{db.Name, template}).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d of the test's databases left, %v", left, err)
+	}
+}
