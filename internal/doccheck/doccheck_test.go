@@ -23,6 +23,7 @@ var imports = []string{
 	// pgcctest is a module of its own, resolved through go.work like migrations; nothing in the main module
 	// imports it, `go list -export` only builds its export data.
 	"github.com/pgcc/pgcc/pgcctest", "testing", "net/http/httptest",
+	"github.com/pgcc/pgcc/counter",
 }
 
 func TestDocumentationCompiles(t *testing.T) {
