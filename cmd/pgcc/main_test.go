@@ -16,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgcc/pgcc/internal/bench"
+	"github.com/pgcc/pgcc/internal/pgbouncer"
 	"github.com/pgcc/pgcc/internal/pgtest"
 )
 
@@ -108,6 +111,8 @@ func TestParseDemoAndLocks(t *testing.T) {
 		{"demo one worker", demoParser, []string{"-workers", "1"}, "cannot race"},
 		{"demo ops", demoParser, []string{"-ops", "0"}, "-ops 0"},
 		{"demo think", demoParser, []string{"-think", "2s"}, "-think"},
+		{"demo exec mode", demoParser, []string{"-exec-mode", "exec"}, ""},
+		{"demo bad exec mode", demoParser, []string{"-exec-mode", "prepared"}, "-exec-mode"},
 		{"locks defaults", locksParser, nil, ""},
 		{"locks watch", locksParser, []string{"-watch", "2s", "-count", "3", "-all"}, ""},
 		{"locks fast watch", locksParser, []string{"-watch", "1ms"}, "-watch"},
@@ -194,6 +199,64 @@ func TestDemo(t *testing.T) {
 		if st != "naive" && !strings.HasSuffix(strings.TrimSpace(line), "exact") {
 			t.Errorf("%s: %q, want exact", st, line)
 		}
+	}
+}
+
+// TestDemoThroughPgBouncer points the demo at a PgBouncer, as a user would, under each exec mode that can work
+// there: in transaction mode with -exec-mode auto (the pooler found, cache_describe used), exec and
+// simple_protocol; in session mode with auto and pgx's default cache_statement. Every strategy ends exact and
+// the command exits 0. Forced to cache_statement through transaction pooling it fails (42P05/26000) and says
+// so with exit 1.
+func TestDemoThroughPgBouncer(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		pool     pgbouncer.PoolMode
+		execMode string
+		wantCode int
+	}{
+		{pgbouncer.TransactionMode, "auto", 0},
+		{pgbouncer.TransactionMode, "exec", 0},
+		{pgbouncer.TransactionMode, "simple_protocol", 0},
+		{pgbouncer.TransactionMode, "cache_statement", 1},
+		{pgbouncer.SessionMode, "auto", 0},
+		{pgbouncer.SessionMode, "cache_statement", 0},
+	} {
+		t.Run(string(tc.pool)+"/"+tc.execMode, func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.NewDB(t)
+			pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
+			cfg, err := pgx.ParseConfig(db.DSN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Session mode needs a server connection per client connection: the demo's 4 workers plus two.
+			size := 3
+			if tc.pool == pgbouncer.SessionMode {
+				size = 6
+			}
+			b := pgbouncer.Start(t, pgbouncer.Config{ServerHost: cfg.Host, ServerPort: int(cfg.Port), PoolMode: tc.pool, PoolSize: size})
+			code, out, stderr := pgcc(t, "demo", "-dsn", b.DSN(db.Name), "-workers", "4", "-ops", "40", "-think", "1ms", "-exec-mode", tc.execMode)
+			if code != tc.wantCode {
+				t.Fatalf("exit %d, want %d; stderr %q\n%s", code, tc.wantCode, stderr, out)
+			}
+			if tc.wantCode != 0 {
+				t.Logf("refused: %q", stderr)
+				return
+			}
+			if tc.execMode == "auto" && !strings.Contains(stderr, "behind a connection pooler") {
+				t.Errorf("auto did not notice the pooler: %q", stderr)
+			}
+			for _, st := range []string{"optimistic", "pessimistic", "nowait", "serializable", "advisory"} {
+				for _, l := range strings.Split(out, "\n") {
+					if strings.HasPrefix(l, st+" ") { // the table's row, before the explanations
+						if !strings.HasSuffix(strings.TrimSpace(l), "exact") {
+							t.Errorf("%s: %q, want exact", st, l)
+						}
+						break
+					}
+				}
+			}
+		})
 	}
 }
 
