@@ -19,7 +19,14 @@ type managed struct {
 	outermost bool
 	commit    []func(context.Context)
 	rollback  []func()
+	// obs is the observer and label of the outermost Run, for packages repo, lock and lease.
+	obs pgcc.Observation
 }
+
+var _ pgcc.Observed = (*managed)(nil)
+
+// PGCCObservation returns the observer and label given to the outermost Run (see [pgcc.Observed]).
+func (m *managed) PGCCObservation() pgcc.Observation { return m.obs }
 
 // AfterCommit registers fn to run once the outermost transaction that tx belongs to has committed: after
 // COMMIT succeeded, on the goroutine that called [Run], before Run returns. tx must be the pgx.Tx that Run

@@ -90,6 +90,9 @@ type config struct {
 	retryLockBusy  bool
 	idempotent     bool
 	onRetry        func(attempt int, err error, delay time.Duration)
+	observer       pgcc.Observer // nil: no events, no cost
+	label          string
+	operation      string        // pgcc.OperationRun or pgcc.OperationRetry, for the events
 	key            string        // idempotency key, "" for none
 	retention      time.Duration // how long the key is kept
 	outermost      bool
@@ -335,6 +338,22 @@ func Outermost() Option { return func(c *config) { c.outermost = true; c.given |
 // short (a log line, a metric).
 func OnRetry(hook func(attempt int, err error, delay time.Duration)) Option {
 	return func(c *config) { c.onRetry = hook; c.given |= optOnRetry }
+}
+
+// WithObserver attaches o to the transaction: it receives an [pgcc.AttemptEvent] at the end of every
+// attempt, and the statements that packages repo, lock and lease run on the pgx.Tx given to fn (or to a nested
+// Run's fn) report their conflicts, lock waits and lease events to it, with the label of [WithLabel]. With
+// [Retry] it receives the attempts. A nil o attaches nothing. A nested Run ignores it: its events go to the
+// outermost Run's observer.
+func WithObserver(o pgcc.Observer) Option {
+	return func(c *config) { c.observer = o }
+}
+
+// WithLabel names the transaction in the events of its observer ([WithObserver]): "checkout",
+// "nightly-totals". Choose a small, fixed set of labels, since metrics are counted per label. A nested Run
+// ignores it.
+func WithLabel(label string) Option {
+	return func(c *config) { c.label = label }
 }
 
 // newConfig applies opts and reports every invalid option in one error.
