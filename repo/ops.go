@@ -482,10 +482,15 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 	} else if pgfail.Reconnects(db) {
 		retry = retryConflictRetryableOrLost
 	}
-	all := make([]txn.Option, 0, len(opts)+5)
+	// Modify's attempts are a txn.Retry's: they go to the transaction's (or table's) observer, if any.
+	obs := pgcc.ObservationOf(db, t.observer)
+	n := len(opts) + 3
+	if obs.Observer != nil {
+		n += 2
+	}
+	all := make([]txn.Option, 0, n)
 	all = append(all, txn.RetryIf(retry), modifyAttempts, modifyBackoff)
-	if obs := pgcc.ObservationOf(db, t.observer); obs.Observer != nil {
-		// Modify's attempts are a txn.Retry's: they go to the transaction's (or table's) observer.
+	if obs.Observer != nil {
 		all = append(all, txn.WithObserver(obs.Observer), txn.WithLabel(obs.Label))
 	}
 	all = append(all, opts...)

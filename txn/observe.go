@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgcc/pgcc"
 )
 
@@ -17,16 +19,16 @@ type attemptObs struct {
 }
 
 // retried reports the attempt as failed and retried after delay.
-func (a *attemptObs) retried(ctx context.Context, cfg *config, err error, delay time.Duration) {
+func (a *attemptObs) retried(ctx context.Context, o *observing, isolation pgx.TxIsoLevel, err error, delay time.Duration) {
 	a.pending = false
-	cfg.observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
-		Label: cfg.label, Operation: cfg.operation, Isolation: cfg.isolation, Attempt: a.n,
+	o.observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
+		Label: o.label, Operation: o.operation, Isolation: isolation, Attempt: a.n,
 		Outcome: pgcc.AttemptRetried, Duration: time.Since(a.start), Err: err, SQLState: pgcc.SQLState(err), Delay: delay,
 	})
 }
 
 // finish reports the last attempt, whose result is the loop's: ret is what Run or Retry returns.
-func (a *attemptObs) finish(ctx context.Context, cfg *config, ret error) {
+func (a *attemptObs) finish(ctx context.Context, o *observing, isolation pgx.TxIsoLevel, ret error) {
 	if !a.pending {
 		return
 	}
@@ -39,8 +41,8 @@ func (a *attemptObs) finish(ctx context.Context, cfg *config, ret error) {
 	default:
 		outcome = pgcc.AttemptFailed
 	}
-	cfg.observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
-		Label: cfg.label, Operation: cfg.operation, Isolation: cfg.isolation, Attempt: a.n,
+	o.observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
+		Label: o.label, Operation: o.operation, Isolation: isolation, Attempt: a.n,
 		Outcome: outcome, Duration: time.Since(a.start), Err: ret, SQLState: pgcc.SQLState(ret),
 	})
 }

@@ -92,6 +92,8 @@ type Config struct {
 	Pgbench string
 	// Seed makes the key choices reproducible.
 	Seed uint64
+	// HotKeys is how many of the most contended rows each cell reports (Cell.HotKeys).
+	HotKeys int
 	// Progress, when not nil, receives a live progress line (carriage-return refreshed) while cells run.
 	Progress io.Writer
 }
@@ -103,6 +105,7 @@ func DefaultConfig() Config {
 		Strategies:  slices.Clone(allStrategies),
 		Workers:     []int{1, 8, 32},
 		Rows:        1000,
+		HotKeys:     5,
 		Skew:        1.1,
 		Duration:    3 * time.Second,
 		Think:       0,

@@ -51,6 +51,11 @@ type Cell struct {
 	// for every pgcc strategy.
 	Invariant  string `json:"invariant"`
 	Violations int64  `json:"violations"`
+	// HotKeys are the rows with the most contention (Config.HotKeys of them), and AttemptsHistogram[n] the
+	// number of operations that made n attempts, both gathered through the pgcc.Observer hooks; empty for the
+	// naive strategy, which attaches none.
+	HotKeys           []HotKey `json:"hot_keys,omitempty"`
+	AttemptsHistogram []int64  `json:"attempts_histogram,omitempty"`
 	// Pgbench is the equivalent pgbench script's result, when pgbench ran.
 	Pgbench *PgbenchResult `json:"pgbench,omitempty"`
 }
@@ -94,6 +99,8 @@ type env struct {
 	// advisoryNS namespaces the advisory keys of this run.
 	advisoryNS string
 	sql        statements
+	// obs is attached to every transaction and table of the strategies; reset for each cell.
+	obs *observer
 }
 
 // statements are the hand-written statements of the naive and serializable strategies and of the checks.
@@ -103,18 +110,19 @@ type statements struct {
 }
 
 func newEnv(cfg Config, pool *pgxpool.Pool, schema string) (*env, error) {
-	items, err := repo.NewTable[item]("items", repo.InSchema(schema))
+	obs := newObserver()
+	items, err := repo.NewTable[item]("items", repo.InSchema(schema), repo.WithObserver(obs))
 	if err != nil {
 		return nil, err
 	}
-	jobs, err := repo.NewTable[job]("jobs", repo.InSchema(schema))
+	jobs, err := repo.NewTable[job]("jobs", repo.InSchema(schema), repo.WithObserver(obs))
 	if err != nil {
 		return nil, err
 	}
 	it := pgx.Identifier{schema, "items"}.Sanitize()
 	jb := pgx.Identifier{schema, "jobs"}.Sanitize()
 	return &env{
-		cfg: cfg, pool: pool, schema: schema, items: items, jobs: jobs,
+		cfg: cfg, pool: pool, schema: schema, items: items, jobs: jobs, obs: obs,
 		advisoryNS: "pgcc-bench/" + schema,
 		sql: statements{
 			selectValues: `SELECT id, value FROM ` + it + ` WHERE id = ANY($1)`,
@@ -191,6 +199,8 @@ type opStats struct {
 	retries, errors map[string]int64
 	sample          string
 	latencies       []time.Duration
+	// writes counts the committed operations per row key.
+	writes map[int64]int64
 }
 
 func (s *opStats) retry(err error) {
@@ -232,6 +242,7 @@ func (e *env) retryOptions(s *opStats, extra ...txn.Option) []txn.Option {
 		txn.WithMaxAttempts(e.cfg.MaxAttempts),
 		txn.WithBackoff(txn.Backoff{Base: e.cfg.BackoffBase, Cap: e.cfg.BackoffCap}),
 		txn.OnRetry(func(_ int, err error, _ time.Duration) { s.attempts++; s.retry(err) }),
+		txn.WithObserver(e.obs),
 	}, extra...)
 }
 
@@ -312,6 +323,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	if err != nil {
 		return Cell{}, err
 	}
+	e.obs.reset()
 	rowsN := e.cfg.Rows
 	if w == Hot {
 		rowsN = 1
@@ -329,7 +341,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	rowOp, queueOp := e.strategy(st)
 	start := time.Now()
 	for i := range workers {
-		s := &opStats{retries: map[string]int64{}, errors: map[string]int64{}}
+		s := &opStats{retries: map[string]int64{}, errors: map[string]int64{}, writes: map[int64]int64{}}
 		all[i] = s
 		ch := newChooser(e.cfg, w, i)
 		wg.Add(1)
@@ -356,6 +368,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 					if err == nil {
 						for j, k := range c.keys {
 							expected[k-1].Add(deltas[j])
+							s.writes[k]++
 						}
 					}
 				}
@@ -417,7 +430,11 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	cell := Cell{Workload: w, Strategy: st, Workers: workers, Seconds: elapsed.Seconds(), Invariant: invariantName(w),
 		Retries: map[string]int64{}, Errors: map[string]int64{}}
 	var lat []time.Duration
+	writes := map[int64]int64{}
 	for _, s := range all {
+		for k, n := range s.writes {
+			writes[k] += n
+		}
 		cell.Ops += s.committed
 		cell.Rejected += s.rejected
 		cell.Attempts += s.attempts
@@ -436,6 +453,8 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	if cell.Ops > 0 {
 		cell.AttemptsPerOp = float64(cell.Attempts) / float64(cell.Ops)
 	}
+	cell.HotKeys = e.obs.hotKeys(e.items.Identifier().Sanitize(), writes, e.cfg.HotKeys)
+	cell.AttemptsHistogram = e.obs.histogram()
 	slices.Sort(lat)
 	cell.P50, cell.P95, cell.P99 = pct(lat, 0.50), pct(lat, 0.95), pct(lat, 0.99)
 	cell.Violations, err = e.check(ctx, w, initial, expected)
