@@ -152,6 +152,8 @@ func (c *Config) Validate() error {
 	case !(c.Skew > 1 && c.Skew <= maxSkew):
 		// Written so that NaN fails too; +Inf would make the Zipf generator loop forever.
 		return bad("skew %v: the Zipf exponent must be in (1, %v]", c.Skew, maxSkew)
+	case c.HotKeys < 0 || c.HotKeys > 1000:
+		return bad("hot keys %d: want 0..1000", c.HotKeys)
 	case c.Ops < 0 || c.Ops > maxOps:
 		return bad("ops %d: want 0..%d", c.Ops, maxOps)
 	case c.Duration < 0 || c.Duration > maxDuration:

@@ -154,7 +154,7 @@ func (r *Report) WriteHotspots(w io.Writer) error {
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintln(tw, "  hottest keys\twrites\tconflicts\tlock refusals\tlock wait ms\tattempts/write\t")
 			for _, h := range c.HotKeys {
-				fmt.Fprintf(tw, "  %s %s\t%d\t%d\t%d\t%.1f\t%.2f\t\n", h.Table, h.Key, h.Writes, h.Conflicts, h.LockRefusals, h.LockWaitMs, h.AttemptsPerWrite)
+				fmt.Fprintf(tw, "  %s %s\t%d\t%d\t%d\t%.1f\t%.2f\t\n", shortTable(h.Table), h.Key, h.Writes, h.Conflicts, h.LockRefusals, h.LockWaitMs, h.AttemptsPerWrite)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -193,4 +193,12 @@ func attemptsLine(hist []int64) string {
 		parts = append(parts, fmt.Sprintf("9+: %d (%.1f%%)", tail, 100*float64(tail)/float64(total)))
 	}
 	return strings.Join(parts, "  ")
+}
+
+// shortTable drops the schema of a quoted, qualified table name for display: "bench"."items" → items.
+func shortTable(quoted string) string {
+	if i := strings.LastIndex(quoted, `"."`); i >= 0 {
+		quoted = quoted[i+2:]
+	}
+	return strings.Trim(quoted, `"`)
 }
