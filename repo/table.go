@@ -184,6 +184,7 @@ type Table[T any] struct {
 	observer pgcc.Observer
 
 	partial sync.Map                       // partialKey → *partialStmt, for UpdateColumns and write options
+	atomic  sync.Map                       // atomicKey → string, the statements of Add
 	bulk    atomic.Pointer[bulkStatements] // the bulk statements, built on first use from the catalog
 }
 
