@@ -21,8 +21,8 @@ type attemptObs struct {
 // retried reports the attempt as failed and retried after delay.
 func (a *attemptObs) retried(ctx context.Context, o *observing, isolation pgx.TxIsoLevel, err error, delay time.Duration) {
 	a.pending = false
-	o.observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
-		Label: o.label, Operation: o.operation, Isolation: isolation, Attempt: a.n,
+	o.obs.Observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
+		Label: o.obs.Label, Operation: o.operation, Isolation: isolation, Attempt: a.n,
 		Outcome: pgcc.AttemptRetried, Duration: time.Since(a.start), Err: err, SQLState: pgcc.SQLState(err), Delay: delay,
 	})
 }
@@ -41,8 +41,8 @@ func (a *attemptObs) finish(ctx context.Context, o *observing, isolation pgx.TxI
 	default:
 		outcome = pgcc.AttemptFailed
 	}
-	o.observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
-		Label: o.label, Operation: o.operation, Isolation: isolation, Attempt: a.n,
+	o.obs.Observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
+		Label: o.obs.Label, Operation: o.operation, Isolation: isolation, Attempt: a.n,
 		Outcome: outcome, Duration: time.Since(a.start), Err: ret, SQLState: pgcc.SQLState(ret),
 	})
 }

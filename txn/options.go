@@ -105,9 +105,8 @@ type config struct {
 // observing is the observer of [WithObserver] and the label of [WithLabel]. It hangs from config by a
 // pointer so that a Run without an observer carries 8 bytes for it, not 40.
 type observing struct {
-	observer  pgcc.Observer
-	label     string
-	operation string // pgcc.OperationRun or pgcc.OperationRetry, for the events
+	obs       pgcc.Observation // what the transaction's handle carries (managed.top points here)
+	operation string           // pgcc.OperationRun or pgcc.OperationRetry, for the events
 }
 
 // optionSet records which options were given, one bit each.
@@ -356,7 +355,7 @@ func WithObserver(o pgcc.Observer) Option {
 		if c.obs == nil {
 			c.obs = &observing{}
 		}
-		c.obs.observer = o
+		c.obs.obs.Observer = o
 	}
 }
 
@@ -368,7 +367,7 @@ func WithLabel(label string) Option {
 		if c.obs == nil {
 			c.obs = &observing{}
 		}
-		c.obs.label = label
+		c.obs.obs.Label = label
 	}
 }
 
@@ -382,7 +381,7 @@ func newConfig(opts []Option) (*config, error) {
 		}
 		o(c)
 	}
-	if c.obs != nil && c.obs.observer == nil {
+	if c.obs != nil && c.obs.obs.Observer == nil {
 		c.obs = nil // a label without an observer goes nowhere
 	}
 	if c.key != "" && c.readOnly {

@@ -317,9 +317,9 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		return r.beginFailed(ctx, err)
 	}
 	conn := raw.Conn()
-	tx := &managed{Tx: raw, outermost: true}
+	tx := &managed{Tx: raw, top: &unobserved}
 	if r.cfg.obs != nil {
-		tx.obs = pgcc.Observation{Observer: r.cfg.obs.observer, Label: r.cfg.obs.label}
+		tx.top = &r.cfg.obs.obs
 	}
 	done := false
 	defer func() {
@@ -428,7 +428,7 @@ func nested(ctx context.Context, tx pgx.Tx, fn func(context.Context, pgx.Tx) err
 	}
 	sp := &managed{Tx: raw}
 	if parent, ok := tx.(*managed); ok {
-		sp.parent, sp.obs = parent, parent.obs
+		sp.parent = parent
 	}
 	released := false
 	defer func() {
