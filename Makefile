@@ -3,8 +3,9 @@
 
 GO      ?= go
 # Every module of the repository (go.work ties them together): the library, its migrations, the public test
-# kit and the command, each a module of its own so that importers pay only for what they import.
-PKGS    ?= ./... ./migrations/... ./pgcctest/... ./cmd/pgcc/...
+# kit, the OpenTelemetry adapter and the command, each a module of its own so that importers pay only for what
+# they import.
+PKGS    ?= ./... ./migrations/... ./pgcctest/... ./cmd/pgcc/... ./otel/...
 # One identifier for all test binaries of this run, so that its databases can be swept afterwards.
 RUN     := $(shell od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 TIMEOUT ?= 9m

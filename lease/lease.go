@@ -24,13 +24,38 @@ import (
 //
 // All times are the database's clock (clock_timestamp()), never the caller's.
 type Leases struct {
-	db pgcc.DBTX
+	db       pgcc.DBTX
+	observer pgcc.Observer
 }
 
 // New returns the leases stored in the database behind db, typically a *pgxpool.Pool. Each call of its
 // methods is one autocommitted statement on db. A nil db (a typed nil included) makes every method return an
 // error matching [pgcc.ErrInvalidArgument].
-func New(db pgcc.DBTX) *Leases { return &Leases{db: db} }
+func New(db pgcc.DBTX, opts ...Option) *Leases {
+	ls := &Leases{db: db}
+	for _, o := range opts {
+		if o != nil {
+			o(ls)
+		}
+	}
+	return ls
+}
+
+// Option configures [New].
+type Option func(*Leases)
+
+// WithObserver reports the grants, renewals (a [Keeper]'s included), releases, losses and fencings of the
+// leases to o ([pgcc.LeaseEvent]). A nil o attaches nothing.
+func WithObserver(o pgcc.Observer) Option {
+	return func(ls *Leases) { ls.observer = o }
+}
+
+// observe reports an event of this store's leases, when an observer is attached.
+func (ls *Leases) observe(ctx context.Context, kind pgcc.LeaseEventKind, name, holder string, token int64, expires time.Time, err error) {
+	if ls.observer != nil {
+		ls.observer.ObserveLease(ctx, pgcc.LeaseEvent{Kind: kind, Name: name, Holder: holder, Token: token, Expires: expires, Err: err})
+	}
+}
 
 // Lease is one grant of a named lease. Its methods are not safe for concurrent use; while a [Keeper] renews it,
 // call only [Lease.Release] (after [Keeper.Stop]).
@@ -144,6 +169,7 @@ func (ls *Leases) tryAcquire(ctx context.Context, name, holder string, ttl time.
 			return nil, now, &HeldError{Name: name, Holder: l.Holder, Since: l.Acquired, Until: l.Expires}
 		}
 		l.trusted = sent.Add(ttl)
+		ls.observe(ctx, pgcc.LeaseAcquired, name, l.Holder, l.Token, l.Expires, nil)
 		return l, now, nil
 	}
 	return nil, time.Time{}, fmt.Errorf("pgcc: lease %q changed %d times while being acquired", name, acquireRaces)
@@ -199,6 +225,7 @@ func (l *Lease) Renew(ctx context.Context) error {
 		return err
 	}
 	l.Expires, l.trusted = expires, sent.Add(l.TTL)
+	l.leases.observe(ctx, pgcc.LeaseRenewed, l.Name, l.Holder, l.Token, expires, nil)
 	return nil
 }
 
@@ -226,6 +253,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	if tag.RowsAffected() == 0 {
 		return l.leases.fenced(ctx, l.Name, l.Token)
 	}
+	l.leases.observe(ctx, pgcc.LeaseReleased, l.Name, l.Holder, l.Token, time.Time{}, nil)
 	return nil
 }
 
@@ -234,8 +262,11 @@ func (ls *Leases) fenced(ctx context.Context, name string, token int64) error {
 	e := &FencedError{Name: name, Token: token}
 	err := ls.db.QueryRow(ctx, currentSQL, name).Scan(&e.Current, &e.Holder, &e.Expires, &e.Expired)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return errors.Join(e, wrap(err))
+		ferr := errors.Join(e, wrap(err))
+		ls.observe(ctx, pgcc.LeaseFenced, name, "", token, time.Time{}, ferr)
+		return ferr
 	}
+	ls.observe(ctx, pgcc.LeaseFenced, name, "", token, time.Time{}, e)
 	return e
 }
 
@@ -283,10 +314,14 @@ func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...Gua
 			return lockwait.RowBlockers(ctx, db, self, ks)
 		},
 	}
-	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag}, tx.Conn(), req); err != nil {
+	obs := pgcc.ObservationOf(tx, cfg.observer)
+	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag, Obs: obs}, tx.Conn(), req); err != nil {
 		return wrap(err)
 	}
 	if !found || e.Current != token || e.Expired {
+		if obs.Observer != nil {
+			obs.Observer.ObserveLease(ctx, pgcc.LeaseEvent{Label: obs.Label, Kind: pgcc.LeaseFenced, Name: name, Token: token, Err: e})
+		}
 		return e
 	}
 	return nil

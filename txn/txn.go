@@ -94,6 +94,9 @@ func Run(ctx context.Context, db pgcc.Beginner, fn func(ctx context.Context, tx 
 		}
 		return nested(ctx, tx, fn)
 	}
+	if cfg.obs != nil {
+		cfg.obs.operation = pgcc.OperationRun
+	}
 	r := runner{cfg: cfg, db: db, reconnects: pgfail.Reconnects(db)}
 	if err := r.init(); err != nil {
 		return err
@@ -140,6 +143,9 @@ func Retry(ctx context.Context, fn func(ctx context.Context) error, opts ...Opti
 	if cfg.hasTxSettings || cfg.hasLocalConfig || cfg.key != "" || cfg.outermost {
 		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode, timeouts, idempotency keys and Outermost belong to Run", pgcc.ErrInvalidArgument)
 	}
+	if cfg.obs != nil {
+		cfg.obs.operation = pgcc.OperationRetry
+	}
 	return loop(ctx, cfg, false, func(ctx context.Context) (outcome, error) {
 		err := fn(ctx)
 		if err != nil && errors.Is(err, pgcc.ErrCommitUnknown) {
@@ -163,11 +169,18 @@ const (
 
 // loop is the retry policy shared by Run and Retry. reconnects says whether a new attempt gets a new
 // connection, so that an attempt whose connection failed may be retried.
-func loop(ctx context.Context, cfg *config, reconnects bool, try func(context.Context) (outcome, error)) error {
+func loop(ctx context.Context, cfg *config, reconnects bool, try func(context.Context) (outcome, error)) (ret error) {
 	var last error // the last retryable error, kept for an InterruptedError
+	var ob attemptObs
+	if cfg.obs != nil {
+		defer func() { ob.finish(ctx, cfg.obs, cfg.isolation, ret) }()
+	}
 	for n := 1; ; n++ {
 		if ctx.Err() != nil {
 			return &pgcc.InterruptedError{Attempts: n - 1, Cause: context.Cause(ctx), Last: last}
+		}
+		if cfg.obs != nil {
+			ob = attemptObs{n: n, start: time.Now(), pending: true}
 		}
 		kind, err := try(ctx)
 		if err == nil {
@@ -213,6 +226,9 @@ func loop(ctx context.Context, cfg *config, reconnects bool, try func(context.Co
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= delay {
 			// The next attempt could not start before the deadline: say so now rather than sleep through it.
 			return &pgcc.InterruptedError{Attempts: n, Cause: context.DeadlineExceeded, Last: err}
+		}
+		if cfg.obs != nil {
+			ob.retried(ctx, cfg.obs, cfg.isolation, err, delay)
 		}
 		if cfg.onRetry != nil {
 			cfg.onRetry(n, err, delay)
@@ -301,7 +317,10 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		return r.beginFailed(ctx, err)
 	}
 	conn := raw.Conn()
-	tx := &managed{Tx: raw, outermost: true}
+	tx := &managed{Tx: raw, top: &unobserved}
+	if r.cfg.obs != nil {
+		tx.top = &r.cfg.obs.obs
+	}
 	done := false
 	defer func() {
 		if !done {
