@@ -297,6 +297,25 @@ func TestObserverSeesLockWaitsAndTheirBlocker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A try-lock that finds the key taken reports it refused.
+	advisoryHolder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = advisoryHolder.Rollback(context.WithoutCancel(ctx)) }()
+	if err := lock.XactLock(ctx, advisoryHolder, 43); err != nil {
+		t.Fatal(err)
+	}
+	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		got, err := lock.TryXactLock(ctx, tx, 43)
+		if err == nil && got {
+			t.Error("TryXactLock got a key another transaction holds")
+		}
+		return err
+	}, txn.WithObserver(other), txn.WithLabel("try"))
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	if len(rec.locks) != 2 {
 		t.Fatalf("lock events %+v, want 2", rec.locks)
@@ -313,8 +332,11 @@ func TestObserverSeesLockWaitsAndTheirBlocker(t *testing.T) {
 	if granted.Outcome != pgcc.LockAcquired || granted.Err != nil || granted.Table != `"accounts"` || granted.Wait <= 0 {
 		t.Errorf("granted lock event %+v", granted)
 	}
-	if len(other.locks) != 1 || other.locks[0].Advisory != 42 || other.locks[0].Table != "" || other.locks[0].Outcome != pgcc.LockAcquired || other.locks[0].Label != "" {
-		t.Errorf("advisory lock events %+v", other.locks)
+	if len(other.locks) != 2 || other.locks[0].Advisory != 42 || other.locks[0].Table != "" || other.locks[0].Outcome != pgcc.LockAcquired || other.locks[0].Label != "" {
+		t.Fatalf("advisory lock events %+v", other.locks)
+	}
+	if try := other.locks[1]; try.Advisory != 43 || try.Outcome != pgcc.LockNotAvailable || try.Label != "try" || try.Err != nil {
+		t.Errorf("try-lock event %+v", try)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -102,7 +103,21 @@ func TryXactLock(ctx context.Context, tx pgx.Tx, key pgcc.AdvisoryKey, opts ...O
 	if err := checkTx(tx); err != nil {
 		return false, err
 	}
+	obs := pgcc.ObservationOf(tx, cfg.observer)
+	if obs.Observer == nil {
+		ok, _, err := tryXact(ctx, cfg, tx, key)
+		return ok, err
+	}
+	start := time.Now()
 	ok, _, err := tryXact(ctx, cfg, tx, key)
+	e := pgcc.LockWaitEvent{Label: obs.Label, Advisory: key, Wait: time.Since(start), Outcome: pgcc.LockAcquired, Err: err}
+	switch {
+	case err != nil:
+		e.Outcome = pgcc.LockFailed
+	case !ok:
+		e.Outcome = pgcc.LockNotAvailable
+	}
+	obs.Observer.ObserveLockWait(ctx, e)
 	return ok, err
 }
 
