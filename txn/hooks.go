@@ -19,6 +19,7 @@ type managed struct {
 	outermost bool
 	commit    []func(context.Context)
 	rollback  []func()
+	final     []finalWrite // writes to send with COMMIT ([Final])
 }
 
 // AfterCommit registers fn to run once the outermost transaction that tx belongs to has committed: after

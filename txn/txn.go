@@ -296,11 +296,11 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		attemptID = newAttemptID()
 		opts.BeginQuery = r.cfg.keyedBeginQuery(attemptID)
 	}
-	raw, err := r.begin(ctx, opts)
+	raw, conn, release, err := r.open(ctx, opts)
 	if err != nil {
 		return r.beginFailed(ctx, err)
 	}
-	conn := raw.Conn()
+	defer release()
 	tx := &managed{Tx: raw, outermost: true}
 	done := false
 	defer func() {
@@ -309,7 +309,13 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 			tx.rolledBack()
 		}
 	}()
-	if err := fn(ctx, tx); err != nil {
+	err = fn(ctx, tx)
+	if l, ok := raw.(*lazyTx); ok && l.endsUnbegun(err, tx) {
+		kind, committed, err := r.notBegun(ctx, l, tx, conn, err)
+		done = committed
+		return kind, err
+	}
+	if err != nil {
 		return r.fnFailed(ctx, conn, err)
 	}
 	if conn.IsClosed() {
@@ -321,7 +327,7 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		return failed, context.Cause(ctx) // no COMMIT sent; the deferred rollback ends the transaction
 	}
 	done = true // Commit closes tx whatever it returns.
-	err = raw.Commit(ctx)
+	err = commit(ctx, raw, tx)
 	if err == nil {
 		tx.committed(ctx)
 		return failed, nil
