@@ -261,7 +261,7 @@ func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...Gua
 			return lockwait.RowBlockers(ctx, db, self, ks)
 		},
 	}
-	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag}, tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag}, tx, req); err != nil {
 		return wrap(err)
 	}
 	if !found || e.Current != token || e.Expired {

@@ -86,6 +86,16 @@ func managedOf(tx pgx.Tx, what string) (*managed, error) {
 	return m, nil
 }
 
+// PendingConn returns tx's connection without sending BEGIN, which Conn would send on a transaction that has
+// not begun: for internal/lockwait, which needs the connection only to cancel a statement it sends through
+// the transaction itself (and with it, BEGIN).
+func (m *managed) PendingConn() *pgx.Conn {
+	if l, ok := m.Tx.(*lazyTx); ok {
+		return l.conn
+	}
+	return m.Tx.Conn()
+}
+
 func (m *managed) root() *managed {
 	for m.parent != nil {
 		m = m.parent

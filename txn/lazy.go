@@ -187,7 +187,7 @@ func (l *lazyTx) Rollback(ctx context.Context) error {
 // attempt has ended. On a pool or a single connection (unless the transaction records an idempotency key,
 // whose INSERT must be checked before fn runs) the transaction is a [lazyTx]: nothing is sent yet.
 func (r *runner) open(ctx context.Context, opts pgx.TxOptions) (raw pgx.Tx, conn *pgx.Conn, release func(), err error) {
-	if !r.keyed && !r.cfg.eagerBegin {
+	if !r.keyed {
 		switch db := r.db.(type) {
 		case *pgxpool.Pool:
 			pc, err := db.Acquire(ctx)

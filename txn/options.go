@@ -93,7 +93,6 @@ type config struct {
 	key            string        // idempotency key, "" for none
 	retention      time.Duration // how long the key is kept
 	outermost      bool
-	eagerBegin     bool      // send BEGIN before fn runs instead of with its first statement (tests)
 	given          optionSet // which options were given, for the error of a nested Run
 	invalid        []string
 	beginQuery     string // BEGIN and SET LOCALs in one statement; "" when plain BEGIN will do

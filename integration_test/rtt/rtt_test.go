@@ -160,6 +160,15 @@ func workloads() []workload {
 				return err
 			})
 		}},
+		{"pgcc-final", func(ctx context.Context, e *env, id int64) error {
+			return txn.Run(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) error {
+				var n int64
+				if err := tx.QueryRow(ctx, selectForUpdate, id).Scan(&n); err != nil {
+					return err
+				}
+				return txn.Final(tx, updateN, id, n+1)
+			})
+		}},
 		{"pgx", func(ctx context.Context, e *env, id int64) error {
 			return pgxTx(ctx, e.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
 				var n int64
@@ -228,6 +237,15 @@ func workloads() []workload {
 					return err
 				}, txn.WithIsolation(pgx.Serializable), txn.WithMaxAttempts(100))
 			}},
+			{"pgcc-final", func(ctx context.Context, e *env, id int64) error {
+				return txn.Run(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) error {
+					var n int64
+					if err := tx.QueryRow(ctx, selectN, id).Scan(&n); err != nil {
+						return err
+					}
+					return txn.Final(tx, updateN, id, n+1)
+				}, txn.WithIsolation(pgx.Serializable), txn.WithMaxAttempts(100))
+			}},
 			{"pgx", func(ctx context.Context, e *env, id int64) error {
 				return pgxTx(ctx, e.pool, serializable, func(tx pgx.Tx) error {
 					var n int64
@@ -257,6 +275,15 @@ func workloads() []workload {
 					return err
 				})
 			}},
+			{"pgcc-final", func(ctx context.Context, e *env, _ int64) error {
+				return txn.Run(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) error {
+					jobs, err := lock.Claim(ctx, tx, e.jobs, 1, lock.OrderBy("id"))
+					if err != nil || len(jobs) == 0 {
+						return err
+					}
+					return txn.Final(tx, incrementJob, jobs[0].ID)
+				})
+			}},
 			{"pgx", func(ctx context.Context, e *env, _ int64) error {
 				return pgxTx(ctx, e.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
 					var j Job
@@ -283,6 +310,14 @@ func workloads() []workload {
 					}
 					_, err := tx.Exec(ctx, incrementN, id)
 					return err
+				})
+			}},
+			{"pgcc-final", func(ctx context.Context, e *env, id int64) error {
+				return txn.Run(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) error {
+					if err := lock.XactLock(ctx, tx, pgcc.AdvisoryKey(id)); err != nil {
+						return err
+					}
+					return txn.Final(tx, incrementN, id)
 				})
 			}},
 			{"pgx", func(ctx context.Context, e *env, id int64) error {
