@@ -61,11 +61,15 @@ const MaxNameBytes = 1024
 // INSERT … ON CONFLICT DO UPDATE locks the row (FOR NO KEY UPDATE), so it waits for every transaction that
 // [Guard] let write under the old token. The acquire statement also returns the database clock, from which
 // Acquire computes how long to wait without asking again.
+//
+// A token is the name's previous token plus one, but never less than pgcc.fencing_epoch() + 1 (migration
+// 0003): the current WAL timeline in the high 32 bits, so that a primary promoted after a failover, which
+// starts a new timeline, never repeats a token the old primary granted and did not replicate.
 const (
 	acquireSQL = `WITH granted AS (
 	INSERT INTO pgcc.leases AS l (name, holder, token, acquired_at, renewed_at, expires_at)
-	VALUES ($1, $2, 1, clock_timestamp(), clock_timestamp(), clock_timestamp() + $3::bigint * interval '1 microsecond')
-	ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = l.token + 1, acquired_at = excluded.acquired_at,
+	VALUES ($1, $2, pgcc.fencing_epoch() + 1, clock_timestamp(), clock_timestamp(), clock_timestamp() + $3::bigint * interval '1 microsecond')
+	ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = greatest(l.token + 1, excluded.token), acquired_at = excluded.acquired_at,
 		renewed_at = excluded.renewed_at, expires_at = excluded.expires_at
 	WHERE l.expires_at <= clock_timestamp()
 	RETURNING true AS granted, holder, token, acquired_at, expires_at, clock_timestamp() AS now
@@ -330,9 +334,13 @@ func checkText(what, s string) error {
 	return fmt.Errorf("%w: %s %s %s", pgcc.ErrInvalidArgument, what, strconv.Quote(shown), problem)
 }
 
-// wrap says what to do when the lease table is missing (SQLSTATE 42P01, or 3F000 for the schema).
+// wrap says what to do when the lease table is missing (SQLSTATE 42P01, or 3F000 for the schema), or the
+// function of migration 0003 (42883).
 func wrap(err error) error {
 	switch pgcc.SQLState(err) {
+	case pgerrcode.UndefinedFunction:
+		return fmt.Errorf("pgcc: the function pgcc.fencing_epoch() does not exist in this database: apply pgcc's migrations "+
+			"up to version 3 with migrations.Up(ctx, pool) from github.com/pgcc/pgcc/migrations: %w", err)
 	case pgerrcode.UndefinedTable, pgerrcode.InvalidSchemaName:
 		return fmt.Errorf("pgcc: the lease table pgcc.leases does not exist in this database: apply pgcc's migrations first, "+
 			"with migrations.Up(ctx, pool) from github.com/pgcc/pgcc/migrations at start-up (or migrations.FS() with your own "+

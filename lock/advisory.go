@@ -462,8 +462,9 @@ func (h *Held) watch(cfg *config) {
 			}
 			if err != nil {
 				// Nothing arrived: ask. The check runs on a context Release does not cancel (pgx would close
-				// the connection), bounded by the interval; Release waits for it.
-				cctx, ccancel := context.WithTimeout(context.Background(), every)
+				// the connection), bounded by the interval or LossCheckTimeout, whichever is longer: a check
+				// cut short closes the connection and so loses a lock that was healthy. Release waits for it.
+				cctx, ccancel := context.WithTimeout(context.Background(), max(every, LossCheckTimeout))
 				var pid int32
 				err = h.conn.Conn().QueryRow(cctx, "SELECT pg_backend_pid()").Scan(&pid)
 				ccancel()

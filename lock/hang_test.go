@@ -293,6 +293,7 @@ func TestHeldNotLostWhileHealthy(t *testing.T) {
 	}
 	select {
 	case <-h.Lost():
+		_ = h.Release(ctx) // the pool's cleanup waits for the connection
 		t.Fatalf("lost: %v", h.Err())
 	case <-time.After(300 * time.Millisecond):
 	}

@@ -245,8 +245,10 @@ func Limit(n int) Option {
 func AllowMissing() Option { return func(c *config) { c.allowMissing = true } }
 
 // WithLossCheck sets how often a session lock's connection is checked between the events that reveal its
-// loss at once (the server closing the connection); see [Held.Lost]. The default is [DefaultLossCheck]. Only
-// [SessionLock] and [TrySessionLock] accept it.
+// loss at once (the server closing the connection); see [Held.Lost]. The default is [DefaultLossCheck]. Each
+// check waits for the server's answer for the interval or [LossCheckTimeout], whichever is longer, so that a
+// slow server or a loaded client is not taken for a lost lock (a check that times out closes the connection,
+// which does release the lock). Only [SessionLock] and [TrySessionLock] accept it.
 func WithLossCheck(every time.Duration) Option {
 	return func(c *config) {
 		switch {
@@ -270,6 +272,10 @@ const DeadlineGrace = lockwait.DeadlineGrace
 
 // DefaultLossCheck is how often a session lock's connection is checked when [WithLossCheck] is not given.
 const DefaultLossCheck = time.Second
+
+// LossCheckTimeout is the least time a session lock's connection check waits for the server's answer before
+// it gives the connection up (closing it, which releases the lock) and reports the lock lost.
+const LossCheckTimeout = 2 * time.Second
 
 // use says which function applies the options, and so which options it accepts.
 type use int

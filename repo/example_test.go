@@ -365,3 +365,85 @@ func ExampleTracked() {
 	// Output:
 	// pgcc: invalid argument: update of "example_tracked_accounts": the row's key changed from id=1 to id=2 since it was read; a write never moves a row to another key (insert the new row and delete the old one)
 }
+
+// Stock decremented without reading it first: the guard refuses a sale that would oversell, and tells it from
+// a missing product.
+func ExampleTable_Add() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_add_accounts", `
+		CREATE TABLE example_add_accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+			version bigint NOT NULL);
+		INSERT INTO example_add_accounts VALUES (1, 'widget', 2, 1)`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	stock, err := repo.NewTable[Account]("example_add_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for range 3 {
+		row, err := stock.Add(ctx, pool, pgcc.Key{1}, "balance", -1, repo.AtLeast(0))
+		switch {
+		case errors.Is(err, pgcc.ErrGuardFailed):
+			fmt.Println("sold out")
+		case err != nil:
+			fmt.Println(err)
+		default:
+			fmt.Println("left:", row.Balance, "version:", row.Version)
+		}
+	}
+	_, err = stock.Add(ctx, pool, pgcc.Key{2}, "balance", -1, repo.AtLeast(0))
+	fmt.Println(errors.Is(err, pgcc.ErrNotFound))
+	// Output:
+	// left: 1 version: 2
+	// left: 0 version: 3
+	// sold out
+	// true
+}
+
+// Concurrent read-modify-writes of one row combined: each caller's function sees the row as the previous
+// one left it, and a batch writes and commits once for all of them.
+func ExampleCombiner_Modify() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_combine_accounts", `
+		CREATE TABLE example_combine_accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+			version bigint NOT NULL);
+		INSERT INTO example_combine_accounts VALUES (1, 'ada', 0, 1)`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	accounts, err := repo.NewTable[Account]("example_combine_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	combiner, err := accounts.Combine(pool)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	done := make(chan error)
+	for range 20 {
+		go func() {
+			_, err := combiner.Modify(ctx, pgcc.Key{1}, func(_ context.Context, a *Account) error {
+				a.Balance += 5
+				return nil
+			})
+			done <- err
+		}()
+	}
+	for range 20 {
+		if err := <-done; err != nil {
+			fmt.Println(err)
+		}
+	}
+	row, _ := accounts.Get(ctx, pool, pgcc.Key{1})
+	fmt.Println("balance:", row.Balance, "transactions at most calls:", row.Version-1 <= 20)
+	// Output:
+	// balance: 100 transactions at most calls: true
+}

@@ -174,6 +174,7 @@ type Table[T any] struct {
 	tracked []int // index of the embedded Tracked, nil when T embeds none
 
 	partial sync.Map                       // partialKey → *partialStmt, for UpdateColumns and write options
+	atomic  sync.Map                       // atomicKey → string, the statements of Add
 	bulk    atomic.Pointer[bulkStatements] // the bulk statements, built on first use from the catalog
 }
 

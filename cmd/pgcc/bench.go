@@ -16,6 +16,7 @@ import (
 // benchOptions is everything `pgcc bench` was asked to do.
 type benchOptions struct {
 	dsn        string
+	execMode   string
 	cfg        bench.Config
 	jsonPath   string
 	plotDir    string
@@ -34,8 +35,9 @@ func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
 		"checks each workload's invariant, and compares with pgbench running the equivalent script.", stderr)
 	var workloads, strategies, workers, pgbench string
 	fs.StringVar(&o.dsn, "dsn", "", "PostgreSQL connection string (default $DATABASE_URL, then 127.0.0.1:5432, then testcontainers)")
+	fs.StringVar(&o.execMode, "exec-mode", "auto", execModeUsage)
 	fs.StringVar(&workloads, "workloads", "all", "comma-separated: hot, uniform, zipf, bank, inventory, queue, or all")
-	fs.StringVar(&strategies, "strategies", "all", "comma-separated: naive, optimistic, pessimistic, nowait, serializable, advisory, or all")
+	fs.StringVar(&strategies, "strategies", "all", "comma-separated: naive, optimistic, pessimistic, nowait, serializable, advisory, combined, atomic, slotted; all (the first six) or hot (the last three)")
 	fs.StringVar(&workers, "workers", "1,8,32", "comma-separated concurrency levels")
 	fs.IntVar(&o.cfg.Rows, "rows", o.cfg.Rows, "rows of uniform, zipf, bank and inventory; jobs of queue")
 	fs.Float64Var(&o.cfg.Skew, "skew", o.cfg.Skew, "Zipf exponent (> 1) of zipf and inventory")
@@ -55,6 +57,9 @@ func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
 	fs.BoolVar(&o.tolerateFailures, "tolerate-failures", false, "exit 0 even if pgcc operations failed for good (exhausted retries); a broken invariant still exits 1")
 	fs.StringVar(&o.from, "from", "", "print and plot a JSON report of an earlier run instead of running (no database needed)")
 	if err := parse(fs, args, stderr); err != nil {
+		return nil, err
+	}
+	if err := checkExecMode(o.execMode); err != nil {
 		return nil, err
 	}
 	var err error
@@ -132,7 +137,7 @@ func measure(ctx context.Context, o *benchOptions, stderr io.Writer, getenv func
 	if !o.quiet {
 		o.cfg.Progress = stderr
 	}
-	pool, where, closeDB, err := connect(ctx, o.dsn, getenv, slices.Max(o.cfg.Workers)+2)
+	pool, where, closeDB, err := connect(ctx, o.dsn, getenv, slices.Max(o.cfg.Workers)+2, o.execMode)
 	if err != nil {
 		return nil, err
 	}

@@ -10,10 +10,11 @@ import (
 )
 
 type demoOptions struct {
-	dsn     string
-	workers int
-	ops     int
-	think   time.Duration
+	dsn      string
+	execMode string
+	workers  int
+	ops      int
+	think    time.Duration
 }
 
 func parseDemo(args []string, stderr io.Writer) (*demoOptions, error) {
@@ -21,10 +22,14 @@ func parseDemo(args []string, stderr io.Writer) (*demoOptions, error) {
 	fs := newFlagSet("demo", "Runs one concurrent read-modify-write workload (a shared counter) naively, counting the updates\n"+
 		"it loses, then with each pgcc strategy, which lose none.", stderr)
 	fs.StringVar(&o.dsn, "dsn", "", "PostgreSQL connection string (default $DATABASE_URL, then 127.0.0.1:5432, then testcontainers)")
+	fs.StringVar(&o.execMode, "exec-mode", "auto", execModeUsage)
 	fs.IntVar(&o.workers, "workers", 8, "concurrent workers")
 	fs.IntVar(&o.ops, "ops", 400, "increments per strategy, shared by the workers")
 	fs.DurationVar(&o.think, "think", 2*time.Millisecond, "time each worker spends between reading and writing")
 	if err := parse(fs, args, stderr); err != nil {
+		return nil, err
+	}
+	if err := checkExecMode(o.execMode); err != nil {
 		return nil, err
 	}
 	switch {
@@ -43,7 +48,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err != nil {
 		return err
 	}
-	pool, where, closeDB, err := connect(ctx, o.dsn, getenv, o.workers+2)
+	pool, where, closeDB, err := connect(ctx, o.dsn, getenv, o.workers+2, o.execMode)
 	if err != nil {
 		return err
 	}

@@ -45,7 +45,7 @@ func runLocks(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	if err != nil {
 		return err
 	}
-	pool, _, closeDB, err := connect(ctx, o.dsn, getenv, 1)
+	pool, _, closeDB, err := connect(ctx, o.dsn, getenv, 1, "auto")
 	if err != nil {
 		return err
 	}

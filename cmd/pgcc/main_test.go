@@ -16,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgcc/pgcc/internal/bench"
+	"github.com/pgcc/pgcc/internal/pgbouncer"
 	"github.com/pgcc/pgcc/internal/pgtest"
 )
 
@@ -108,6 +111,8 @@ func TestParseDemoAndLocks(t *testing.T) {
 		{"demo one worker", demoParser, []string{"-workers", "1"}, "cannot race"},
 		{"demo ops", demoParser, []string{"-ops", "0"}, "-ops 0"},
 		{"demo think", demoParser, []string{"-think", "2s"}, "-think"},
+		{"demo exec mode", demoParser, []string{"-exec-mode", "exec"}, ""},
+		{"demo bad exec mode", demoParser, []string{"-exec-mode", "prepared"}, "-exec-mode"},
 		{"locks defaults", locksParser, nil, ""},
 		{"locks watch", locksParser, []string{"-watch", "2s", "-count", "3", "-all"}, ""},
 		{"locks fast watch", locksParser, []string{"-watch", "1ms"}, "-watch"},
@@ -175,6 +180,7 @@ func TestUsageErrors(t *testing.T) {
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	code, out, stderr := pgcc(t, "demo", "-dsn", db.DSN, "-workers", "4", "-ops", "60", "-think", "1ms")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -196,10 +202,45 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// TestDemoThroughPgBouncer points the demo at a PgBouncer in transaction mode, as a user would: with the
+// default -exec-mode auto it finds the pooler, switches to cache_describe and ends exact, exit 0; forced to
+// pgx's default cache_statement it fails (42P05/26000) and says so with exit 1.
+func TestDemoThroughPgBouncer(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
+	cfg, err := pgx.ParseConfig(db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := pgbouncer.Start(t, pgbouncer.Config{ServerHost: cfg.Host, ServerPort: int(cfg.Port), PoolSize: 4})
+	code, out, stderr := pgcc(t, "demo", "-dsn", b.DSN(db.Name), "-workers", "4", "-ops", "60", "-think", "1ms")
+	if code != 0 || !strings.Contains(stderr, "behind a connection pooler") {
+		t.Fatalf("exit %d, stderr %q; want 0 and the pooler noticed\n%s", code, stderr, out)
+	}
+	for _, st := range []string{"optimistic", "pessimistic", "nowait", "serializable", "advisory"} {
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, st+" ") { // the table's row, before the explanations
+				if !strings.HasSuffix(strings.TrimSpace(l), "exact") {
+					t.Errorf("%s: %q, want exact", st, l)
+				}
+				break
+			}
+		}
+	}
+	code, _, stderr = pgcc(t, "demo", "-dsn", b.DSN(db.Name), "-workers", "4", "-ops", "60", "-think", "1ms", "-exec-mode", "cache_statement")
+	if code != 1 {
+		t.Errorf("cache_statement through transaction pooling: exit %d, stderr %q; want 1", code, stderr)
+	}
+	t.Logf("forced cache_statement: %q", stderr)
+}
+
 // TestBench runs a two-second bench on small sizes and checks the report: invariant column, JSON, plots.
 func TestBench(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	// The command runs on its own pool and then renders plots: nothing the watchdog sees as progress.
+	pgtest.Opaque(t, 5*time.Minute)
 	dir := t.TempDir()
 	jsonPath := filepath.Join(dir, "report.json")
 	code, out, stderr := pgcc(t, "bench", "-dsn", db.DSN, "-workloads", "hot,bank,queue", "-strategies", "naive,optimistic,pessimistic",
@@ -264,6 +305,7 @@ func TestBench(t *testing.T) {
 func TestLocksOnce(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	code, out, stderr := pgcc(t, "locks", "-dsn", db.DSN, "-watch", "100ms", "-count", "2")
 	if code != 0 || strings.Count(out, "waiting for a lock")+strings.Count(out, "session(s) waiting") < 2 {
 		t.Fatalf("exit %d, out %q, stderr %q", code, out, stderr)
@@ -308,6 +350,7 @@ func TestSignalStopsTheCommandWithinASecond(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	db := pgtest.NewDB(t)
+	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
 	for _, sig := range []os.Signal{syscall.SIGTERM, os.Interrupt} {
 		cmd := exec.Command(bin, "bench", "-dsn", db.DSN, "-workloads", "hot", "-strategies", "optimistic",
 			"-workers", "4", "-duration", "1h", "-pgbench", "off", "-quiet")

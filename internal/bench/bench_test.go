@@ -200,3 +200,35 @@ func TestPgbenchCommandKeepsThePasswordOffTheCommandLine(t *testing.T) {
 		}
 	}
 }
+
+// TestHotStrategies runs the hot-row strategies on every workload they apply to, with a stock small enough
+// that inventory sells out: each keeps its invariant exactly, fails no operation, and inventory refuses the
+// sales past the stock.
+func TestHotStrategies(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 10)
+	cfg := bench.DefaultConfig()
+	cfg.Strategies = []bench.Strategy{bench.Combined, bench.Atomic, bench.Slotted}
+	cfg.Workers = []int{8}
+	cfg.Rows = 5
+	cfg.Ops = 200
+	cfg.Duration = 0
+	cfg.Stock = 10
+	cfg.Pgbench = ""
+	rep, err := bench.Run(context.Background(), pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// combined: hot, uniform, zipf, inventory; atomic: those and bank; slotted: hot, uniform, zipf.
+	if len(rep.Cells) != 4+5+3 {
+		t.Fatalf("cells = %d, want 12", len(rep.Cells))
+	}
+	for _, c := range rep.Cells {
+		if c.Violations != 0 || len(c.Errors) != 0 || c.Ops != int64(cfg.Ops) {
+			t.Errorf("%s/%s: %d ops, %d %s, errors %v (%s)", c.Workload, c.Strategy, c.Ops, c.Violations, c.Invariant, c.Errors, c.ErrorSample)
+		}
+		if c.Workload == bench.Inventory && c.Rejected < int64(cfg.Ops)-int64(cfg.Rows)*cfg.Stock {
+			t.Errorf("%s/%s: %d sales refused of %d on a stock of %d×%d", c.Workload, c.Strategy, c.Rejected, c.Ops, cfg.Rows, cfg.Stock)
+		}
+	}
+}

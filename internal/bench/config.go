@@ -64,7 +64,39 @@ const (
 	Advisory Strategy = "advisory"
 )
 
-var allStrategies = []Strategy{Naive, Optimistic, Pessimistic, NoWait, Serializable, Advisory}
+// The hot-row strategies: they change a counter or a stock without one transaction per read-modify-write,
+// and apply only to some workloads (see [Applies]).
+const (
+	// Combined queues concurrent changes of one row in the process and applies a batch of them in one
+	// transaction that locks and reads the row once, writes it once and commits once (repo.Combiner). Not
+	// for bank (two rows) nor queue.
+	Combined Strategy = "combined"
+	// Atomic sends one UPDATE … SET value = value + $1 with a guard for the stock (repo.Table.Add), no read;
+	// bank's two in one txn.Run, in key order. Not for queue.
+	Atomic Strategy = "atomic"
+	// Slotted spreads each counter over slots (package counter); only for the counter workloads (hot,
+	// uniform, zipf): a slotted counter cannot enforce a bound.
+	Slotted Strategy = "slotted"
+)
+
+// allStrategies is what the default configuration and "all" run; hotStrategies are named explicitly.
+var (
+	allStrategies = []Strategy{Naive, Optimistic, Pessimistic, NoWait, Serializable, Advisory}
+	hotStrategies = []Strategy{Combined, Atomic, Slotted}
+)
+
+// Applies reports whether strategy st can run workload w; [Run] skips the cells where it cannot.
+func Applies(w Workload, st Strategy) bool {
+	switch st {
+	case Combined:
+		return w != Bank && w != Queue
+	case Atomic:
+		return w != Queue
+	case Slotted:
+		return w == Hot || w == Uniform || w == Zipf
+	}
+	return true
+}
 
 // Config describes one benchmark invocation: every workload × strategy × worker count is a cell.
 type Config struct {
@@ -172,15 +204,20 @@ func ParseWorkloads(s string) ([]Workload, error) {
 	return parseList(s, allWorkloads, "workload")
 }
 
-// ParseStrategies reads a comma-separated list of strategy names; "all" means every strategy.
+// ParseStrategies reads a comma-separated list of strategy names; "all" means the six classic strategies,
+// "hot" the three hot-row ones (combined, atomic, slotted).
 func ParseStrategies(s string) ([]Strategy, error) {
-	return parseList(s, allStrategies, "strategy")
+	if strings.TrimSpace(s) == "hot" {
+		return slices.Clone(hotStrategies), nil
+	}
+	return parseList(s, allStrategies, "strategy", hotStrategies...)
 }
 
-func parseList[T ~string](s string, known []T, what string) ([]T, error) {
+func parseList[T ~string](s string, all []T, what string, more ...T) ([]T, error) {
 	if strings.TrimSpace(s) == "all" {
-		return slices.Clone(known), nil
+		return slices.Clone(all), nil
 	}
+	known := append(slices.Clone(all), more...)
 	var out []T
 	for _, f := range strings.Split(s, ",") {
 		f = strings.TrimSpace(f)

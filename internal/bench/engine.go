@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/counter"
 	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -91,6 +92,10 @@ type env struct {
 	schema string
 	items  *repo.Table[item]
 	jobs   *repo.Table[job]
+	// combiner combines the changes of the Combined strategy; counters holds the Slotted strategy's
+	// counters, one per row id, named by it.
+	combiner *repo.Combiner[item]
+	counters *counter.Counter
 	// advisoryNS namespaces the advisory keys of this run.
 	advisoryNS string
 	sql        statements
@@ -111,10 +116,18 @@ func newEnv(cfg Config, pool *pgxpool.Pool, schema string) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
+	combiner, err := items.Combine(pool)
+	if err != nil {
+		return nil, err
+	}
+	counters, err := counter.New("counters", counter.InSchema(schema), counter.WithSlots(16))
+	if err != nil {
+		return nil, err
+	}
 	it := pgx.Identifier{schema, "items"}.Sanitize()
 	jb := pgx.Identifier{schema, "jobs"}.Sanitize()
 	return &env{
-		cfg: cfg, pool: pool, schema: schema, items: items, jobs: jobs,
+		cfg: cfg, pool: pool, schema: schema, items: items, jobs: jobs, combiner: combiner, counters: counters,
 		advisoryNS: "pgcc-bench/" + schema,
 		sql: statements{
 			selectValues: `SELECT id, value FROM ` + it + ` WHERE id = ANY($1)`,
@@ -263,7 +276,8 @@ func setup(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	_, err := pool.Exec(ctx, `CREATE SCHEMA `+s+`;
 CREATE TABLE `+s+`.items (id bigint PRIMARY KEY, value bigint NOT NULL, version bigint NOT NULL DEFAULT 1);
 CREATE TABLE `+s+`.jobs (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'new', claims bigint NOT NULL DEFAULT 0,
-                          version bigint NOT NULL DEFAULT 1)`)
+                          version bigint NOT NULL DEFAULT 1);
+CREATE TABLE `+s+`.counters (name text NOT NULL, slot int NOT NULL, value bigint NOT NULL, PRIMARY KEY (name, slot))`)
 	if err != nil {
 		return fmt.Errorf("pgcc bench: create scratch schema %s: %w", schema, err)
 	}
@@ -289,7 +303,7 @@ func (e *env) reset(ctx context.Context, w Workload) (initial int64, err error) 
 	if w == Hot || w == Uniform || w == Zipf {
 		initial = 0
 	}
-	_, err = e.pool.Exec(ctx, `TRUNCATE `+s+`.items, `+s+`.jobs`)
+	_, err = e.pool.Exec(ctx, `TRUNCATE `+s+`.items, `+s+`.jobs, `+s+`.counters`)
 	if err == nil {
 		if w == Queue {
 			_, err = e.pool.Exec(ctx, `INSERT INTO `+s+`.jobs (id) SELECT g FROM generate_series(1, $1::bigint) g`, e.cfg.Rows)
@@ -438,7 +452,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	}
 	slices.Sort(lat)
 	cell.P50, cell.P95, cell.P99 = pct(lat, 0.50), pct(lat, 0.95), pct(lat, 0.99)
-	cell.Violations, err = e.check(ctx, w, initial, expected)
+	cell.Violations, err = e.check(ctx, w, st, initial, expected)
 	return cell, err
 }
 
@@ -453,7 +467,7 @@ func pct(sorted []time.Duration, p float64) float64 {
 }
 
 // check compares the final state with what the committed operations imply.
-func (e *env) check(ctx context.Context, w Workload, initial int64, expected []atomic.Int64) (int64, error) {
+func (e *env) check(ctx context.Context, w Workload, st Strategy, initial int64, expected []atomic.Int64) (int64, error) {
 	if w == Queue {
 		var extra int64
 		if err := e.pool.QueryRow(ctx, e.sql.countExtra).Scan(&extra); err != nil {
@@ -461,7 +475,13 @@ func (e *env) check(ctx context.Context, w Workload, initial int64, expected []a
 		}
 		return extra, nil
 	}
-	rows, err := e.pool.Query(ctx, e.sql.sumItems)
+	sql := e.sql.sumItems
+	if st == Slotted {
+		// The counters live in the slots; a row never added to has no slot (and its item row stays at 0).
+		sql = `SELECT i.id, i.value + coalesce((SELECT sum(c.value) FROM ` + e.counters.Table() + ` c WHERE c.name = i.id::text), 0)::bigint FROM ` +
+			pgx.Identifier{e.schema, "items"}.Sanitize() + ` i ORDER BY i.id`
+	}
+	rows, err := e.pool.Query(ctx, sql)
 	if err != nil {
 		return 0, fmt.Errorf("pgcc bench: check rows: %w", err)
 	}

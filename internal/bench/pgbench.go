@@ -59,6 +59,8 @@ func (e *env) pgbenchScript(w Workload, st Strategy) string {
 	}
 	switch st {
 	case Naive, Pessimistic, Serializable, Advisory:
+	case Combined, Atomic:
+		return e.singleStatementScript(w)
 	default:
 		return ""
 	}
@@ -105,6 +107,43 @@ func (e *env) pgbenchScript(w Workload, st Strategy) string {
 		line("END;")
 	default:
 		return ""
+	}
+	return b.String()
+}
+
+// singleStatementScript is the reference of the hot-row strategies: each change as one autocommitted UPDATE
+// that computes the new value in the server (bank: two in a transaction, in key order), the fastest a row can
+// be changed with one commit per change.
+func (e *env) singleStatementScript(w Workload) string {
+	it := pgx.Identifier{e.schema, "items"}.Sanitize()
+	var b strings.Builder
+	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	switch w {
+	case Hot:
+		line(`\set k 1`)
+	case Uniform:
+		line(`\set k random(1, %d)`, e.cfg.Rows)
+	case Zipf, Inventory:
+		line(`\set k random_zipfian(1, %d, %g)`, e.cfg.Rows, e.cfg.Skew)
+	case Bank:
+		line(`\set a random(1, %d)`, e.cfg.Rows)
+		line(`\set b random(1, %d)`, e.cfg.Rows-1)
+		line(`\if :b >= :a`)
+		line(`\set b :b + 1`)
+		line(`\endif`)
+		line(`\set amount random(1, 10)`)
+		line("BEGIN;")
+		line(`UPDATE %s SET value = value - CASE WHEN id = :a THEN :amount ELSE -:amount END, version = version + 1 WHERE id = least(:a, :b);`, it)
+		line(`UPDATE %s SET value = value - CASE WHEN id = :a THEN :amount ELSE -:amount END, version = version + 1 WHERE id = greatest(:a, :b);`, it)
+		line("END;")
+		return b.String()
+	default:
+		return ""
+	}
+	if w == Inventory {
+		line(`UPDATE %s SET value = value - 1, version = version + 1 WHERE id = :k AND value - 1 >= 0;`, it)
+	} else {
+		line(`UPDATE %s SET value = value + 1, version = version + 1 WHERE id = :k;`, it)
 	}
 	return b.String()
 }

@@ -92,10 +92,20 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	dsn := pool.Config().ConnString()
-	total := len(cfg.Workloads) * len(cfg.Strategies) * len(cfg.Workers)
+	total := 0
+	for _, w := range cfg.Workloads {
+		for _, st := range cfg.Strategies {
+			if Applies(w, st) {
+				total += len(cfg.Workers)
+			}
+		}
+	}
 	n := 0
 	for _, w := range cfg.Workloads {
 		for _, st := range cfg.Strategies {
+			if !Applies(w, st) {
+				continue
+			}
 			for _, workers := range cfg.Workers {
 				n++
 				label := fmt.Sprintf("[%d/%d] %s %s ×%d", n, total, w, st, workers)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/lock"
+	"github.com/pgcc/pgcc/repo"
 	"github.com/pgcc/pgcc/txn"
 )
 
@@ -37,6 +38,12 @@ func (e *env) strategy(st Strategy) (rowOp, queueOp) {
 		return e.serializableRow, e.serializableQueue
 	case Advisory:
 		return e.advisoryRow, e.advisoryQueue
+	case Combined:
+		return e.combinedRow, nil
+	case Atomic:
+		return e.atomicRow, nil
+	case Slotted:
+		return e.slottedRow, nil
 	}
 	panic("bench: unknown strategy " + string(st))
 }
@@ -334,4 +341,71 @@ func (e *env) noWaitQueue(ctx context.Context, s *opStats) error {
 	}, e.retryOptions(s, txn.RetryLockNotAvailable(), txn.RetryIf(func(err error) bool {
 		return txn.Retryable(err) || errors.Is(err, pgcc.ErrLockNotAvailable) || errors.Is(err, errTaken)
 	}))...)
+}
+
+// combinedRow changes one row through the process's Combiner: concurrent changes of the row are applied in
+// one transaction.
+func (e *env) combinedRow(ctx context.Context, _ *opStats, c change) ([]int64, error) {
+	if len(c.keys) != 1 {
+		return nil, fmt.Errorf("combined: %d rows per change", len(c.keys))
+	}
+	var deltas []int64
+	_, err := e.combiner.Modify(ctx, pgcc.Key{c.keys[0]}, func(ctx context.Context, row *item) error {
+		if err := e.think(ctx); err != nil {
+			return err
+		}
+		d, ok := c.apply([]int64{row.Value})
+		if !ok {
+			return errRejected
+		}
+		deltas = d
+		row.Value += d[0]
+		return nil
+	})
+	return deltas, err
+}
+
+// atomicRow adds each delta in one guarded UPDATE without reading: the stock may not go below zero. The
+// delta is decided without the row (+1, -1, a transfer amount); inventory's "stock allows" is the guard.
+func (e *env) atomicRow(ctx context.Context, s *opStats, c change) ([]int64, error) {
+	deltas, ok := c.apply(make([]int64, len(c.keys)))
+	if !ok && len(c.keys) == 1 {
+		deltas, ok = []int64{-1}, true // inventory: the guard decides, not a read
+	}
+	if !ok {
+		return nil, errRejected
+	}
+	if len(c.keys) == 1 {
+		var guards []repo.Guard
+		if deltas[0] < 0 {
+			guards = append(guards, repo.AtLeast(0))
+		}
+		_, err := e.items.Add(ctx, e.pool, pgcc.Key{c.keys[0]}, "value", deltas[0], guards...)
+		if errors.Is(err, pgcc.ErrGuardFailed) {
+			return nil, errRejected
+		}
+		return deltas, err
+	}
+	order := make([]int, len(c.keys))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return int(c.keys[a] - c.keys[b]) })
+	return txn.RunValue(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) ([]int64, error) {
+		for _, i := range order {
+			if _, err := e.items.Add(ctx, tx, pgcc.Key{c.keys[i]}, "value", deltas[i]); err != nil {
+				return nil, err
+			}
+		}
+		return deltas, nil
+	}, e.retryOptions(s)...)
+}
+
+// slottedRow adds to the counter of the row's id, in a random slot.
+func (e *env) slottedRow(ctx context.Context, _ *opStats, c change) ([]int64, error) {
+	deltas, ok := c.apply(make([]int64, len(c.keys)))
+	if !ok || len(c.keys) != 1 {
+		return nil, fmt.Errorf("slotted: not a counter change")
+	}
+	return deltas, e.counters.Add(ctx, e.pool, strconv.FormatInt(c.keys[0], 10), deltas[0])
 }

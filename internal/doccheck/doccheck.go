@@ -105,6 +105,7 @@ var Packages = map[string]string{
 	"lock":       "github.com/pgcc/pgcc/lock",
 	"lease":      "github.com/pgcc/pgcc/lease",
 	"migrations": "github.com/pgcc/pgcc/migrations",
+	"pgcctest":   "github.com/pgcc/pgcc/pgcctest",
 }
 
 // Checker type-checks snippets against the export data of the packages they may use.

@@ -20,6 +20,10 @@ var imports = []string{
 	"github.com/jackc/pgerrcode",
 	"github.com/pgcc/pgcc", "github.com/pgcc/pgcc/txn", "github.com/pgcc/pgcc/repo",
 	"github.com/pgcc/pgcc/lock", "github.com/pgcc/pgcc/lease", "github.com/pgcc/pgcc/migrations",
+	// pgcctest is a module of its own, resolved through go.work like migrations; nothing in the main module
+	// imports it, `go list -export` only builds its export data.
+	"github.com/pgcc/pgcc/pgcctest", "testing", "net/http/httptest",
+	"github.com/pgcc/pgcc/counter",
 }
 
 func TestDocumentationCompiles(t *testing.T) {

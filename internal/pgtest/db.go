@@ -7,6 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc/internal/testdb"
 )
 
 // applicationName is set on every test connection, so that pg_stat_activity (and lock diagnostics) show
@@ -70,21 +72,10 @@ func (d *DB) Pool(t testing.TB, configure ...func(*pgxpool.Config)) *pgxpool.Poo
 	return pool
 }
 
-// leakGrace is how long the leak check waits for connections being destroyed: pgxpool counts a broken
-// connection as acquired until its destructor, which runs in the background, has closed it.
-const leakGrace = 5 * time.Second
+const leakGrace = testdb.LeakGrace
 
-// awaitReleased returns the number of connections still acquired from pool once none is, or once grace has
-// passed.
 func awaitReleased(pool *pgxpool.Pool, grace time.Duration) int32 {
-	deadline := time.Now().Add(grace)
-	for {
-		n := pool.Stat().AcquiredConns()
-		if n == 0 || time.Now().After(deadline) {
-			return n
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return testdb.AwaitReleased(pool, grace)
 }
 
 // Conn opens a single connection on the database, closed when t ends.

@@ -33,16 +33,10 @@ package pgtest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,7 +46,7 @@ import (
 	"github.com/pgcc/pgcc/internal/leakcheck"
 	"github.com/pgcc/pgcc/internal/pgserver"
 	"github.com/pgcc/pgcc/internal/schema"
-	"github.com/pgcc/pgcc/internal/secret"
+	"github.com/pgcc/pgcc/internal/testdb"
 )
 
 // EnvDatabaseURL names the environment variable that points the tests at a server.
@@ -78,8 +72,7 @@ type harness struct {
 	baseDSN  string
 	admin    *pgxpool.Pool
 	template string
-	run      string
-	seq      atomic.Int64
+	names    testdb.Namer
 	source   string
 }
 
@@ -174,7 +167,7 @@ func start(ctx context.Context) (*harness, func(), error) {
 		release()
 		return nil, nil, fmt.Errorf("connect to %s (%s): %w", redact(dsn), source, err)
 	}
-	h := &harness{baseDSN: dsn, admin: admin, source: source, run: runID()}
+	h := &harness{baseDSN: dsn, admin: admin, source: source, names: testdb.Namer{Prefix: Prefix, Run: testdb.RunID(EnvRun)}}
 	if _, err := Sweep(ctx, admin, "", staleAfter); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: sweeping stale databases: %v\n", err)
 	}
@@ -212,21 +205,13 @@ func (h *harness) buildTemplate(ctx context.Context) error {
 	return schema.Apply(ctx, conn)
 }
 
-func (h *harness) nextName() string {
-	return fmt.Sprintf("%s%d_%s_%d_%d", Prefix, time.Now().Unix(), h.run, os.Getpid(), h.seq.Add(1))
-}
-
 func (h *harness) createDatabase(ctx context.Context) (string, error) {
 	return h.createDatabaseFrom(ctx, h.template)
 }
 
 func (h *harness) createDatabaseFrom(ctx context.Context, template string) (string, error) {
-	name := h.nextName()
-	sql := "CREATE DATABASE " + pgx.Identifier{name}.Sanitize() + " TEMPLATE " + pgx.Identifier{template}.Sanitize()
-	if _, err := h.admin.Exec(ctx, sql); err != nil {
-		return "", fmt.Errorf("create database %s: %w", name, err)
-	}
-	return name, nil
+	name := h.names.Next()
+	return name, testdb.Create(ctx, h.admin, name, template)
 }
 
 // dropDatabase drops name, terminating sessions a test left open. It runs during cleanup, so it uses a context
@@ -240,116 +225,36 @@ func (h *harness) dropDatabase(name string) {
 }
 
 func dropDatabase(ctx context.Context, admin *pgxpool.Pool, name string) error {
-	_, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
-	return err
+	return testdb.Drop(ctx, admin, name)
 }
 
 // Sweep drops every harness database whose name carries run (every run when run is empty) and that is older
 // than minAge, and returns the names it dropped.
 func Sweep(ctx context.Context, admin *pgxpool.Pool, run string, minAge time.Duration) ([]string, error) {
-	rows, err := admin.Query(ctx, "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", Prefix)
-	if err != nil {
-		return nil, err
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, err
-	}
-	var dropped []string
-	var errs []error
-	for _, name := range names {
-		created, nameRun, ok := parseName(name)
-		if !ok || (run != "" && nameRun != run) || time.Since(created) < minAge {
-			continue
-		}
-		if err := dropDatabase(ctx, admin, name); err != nil {
-			errs = append(errs, fmt.Errorf("drop %s: %w", name, err))
-			continue
-		}
-		dropped = append(dropped, name)
-	}
-	return dropped, errors.Join(errs...)
+	return testdb.Sweep(ctx, admin, Prefix, run, minAge)
 }
 
 // parseName reads the creation time and run out of a harness database name.
 func parseName(name string) (created time.Time, run string, ok bool) {
-	parts := strings.Split(strings.TrimPrefix(name, Prefix), "_")
-	if len(parts) != 4 {
-		return time.Time{}, "", false
-	}
-	secs, err := strconv.ParseInt(parts[0], 10, 64)
-	if err != nil {
-		return time.Time{}, "", false
-	}
-	return time.Unix(secs, 0), parts[1], true
-}
-
-// runID is PGCC_TEST_RUN when set to a plain token, otherwise a random one for this binary alone.
-func runID() string {
-	if r := os.Getenv(EnvRun); r != "" && isToken(r) {
-		return r
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func isToken(s string) bool {
-	if len(s) > 16 {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
-			return false
-		}
-	}
-	return true
+	return testdb.ParseName(Prefix, name)
 }
 
 // findServer returns a connection string for a server on which the harness may create databases.
 func findServer(ctx context.Context) (dsn, source string, release func(), err error) {
-	noop := func() {}
-	if dsn := os.Getenv(EnvDatabaseURL); dsn != "" {
-		return dsn, EnvDatabaseURL, noop, nil
+	srv, err := testdb.FindServer(ctx, EnvDatabaseURL, pgserver.StartContainer)
+	if err != nil {
+		return "", "", nil, err
 	}
-	dsn, release, dockerErr := pgserver.StartContainer(ctx)
-	if dockerErr == nil {
-		return dsn, "testcontainers", release, nil
-	}
-	if pgserver.Reachable(ctx, pgserver.LocalAddr) {
-		return pgserver.LocalDSN, "local server", noop, nil
-	}
-	return "", "", nil, fmt.Errorf("no PostgreSQL server: set %s to a connection string for a role with "+
-		"CREATEDB (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable), start a Docker engine "+
-		"for testcontainers (%v), or run PostgreSQL on 127.0.0.1:5432", EnvDatabaseURL, dockerErr)
+	return srv.DSN, srv.Source, srv.Release, nil
 }
 
-// withDatabase returns dsn with its database replaced by name. It accepts the URL and the keyword/value forms
-// pgx reads; in the second, a later keyword overrides an earlier one.
+// withDatabase returns dsn with its database replaced by name.
 func withDatabase(dsn, name string) (string, error) {
-	if _, err := pgx.ParseConfig(dsn); err != nil {
-		return "", fmt.Errorf("%s: %w", EnvDatabaseURL, secret.ParseError(err))
-	}
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", EnvDatabaseURL, secret.ParseError(err))
-		}
-		u.Path = "/" + name
-		u.RawPath = ""
-		return u.String(), nil
-	}
-	return dsn + " dbname=" + name, nil
+	return testdb.WithDatabase(EnvDatabaseURL, dsn, name)
 }
 
 // redact hides a password in a connection string for messages.
-func redact(dsn string) string {
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return "the configured server"
-	}
-	return fmt.Sprintf("%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
-}
+func redact(dsn string) string { return testdb.Redact(dsn) }
 
 func get(t testing.TB) *harness {
 	t.Helper()

@@ -86,6 +86,24 @@ func Deadline(t testing.TB, d time.Duration) {
 	}
 }
 
+// Opaque is [Deadline] for a test whose progress the harness cannot see: its statements run on connections it
+// did not open (a command under test with its own pool, a child process) or it spends long stretches without
+// SQL (rendering plots). t is then stuck only when it has not ended within d of being first watched. The
+// watchdog stays off when [EnvWatchdog] turns it off.
+func Opaque(t testing.TB, d time.Duration) {
+	t.Helper()
+	if d <= 0 {
+		t.Fatalf("pgtest: Opaque(%v): the limit must be positive", d)
+	}
+	w := watchTest(t)
+	watchMu.Lock()
+	defer watchMu.Unlock()
+	w.cap, w.limit = d, d
+	if w.timer != nil {
+		w.timer.Reset(w.next())
+	}
+}
+
 // next is how long from now the timer should fire: when the limit since the last progress or the cap since
 // the start runs out, whichever is first. w's fields are guarded by watchMu.
 func (w *watch) next() time.Duration {

@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS pgcc.fencing_epoch();
