@@ -78,7 +78,10 @@ func commit(ctx context.Context, raw pgx.Tx, tx *managed) error {
 	} else {
 		var err error
 		if br, err = l.send(ctx, queue); err != nil {
-			return err // BEGIN failed in the same flight: nothing committed, unless the connection failed
+			// BEGIN failed in the flight that also carried COMMIT: nothing committed, unless the connection
+			// failed, which leaves the outcome unknown.
+			rollback(ctx, l)
+			return err
 		}
 	}
 	for range tx.final {

@@ -5,7 +5,7 @@
 // statements, COMMIT), and, as the floor, once as pgx pipelining BEGIN with the first statement and COMMIT
 // with the last write.
 //
-//	go test -run '^$' -bench . -benchtime 2s -count 3 ./integration_test/rtt/
+//	go test -run '^$' -bench . -benchtime 200x -count 3 ./integration_test/rtt/
 //
 // Sub-benchmarks are named workload/impl/rtt=…/c=…; c is the number of goroutines (and pool connections).
 package rtt_test
@@ -440,6 +440,7 @@ func run(b *testing.B, e *env, p *faultnet.Proxy, c int, hot bool, o op) {
 
 // BenchmarkRTT runs every workload, implementation, round-trip time and concurrency.
 func BenchmarkRTT(b *testing.B) {
+	pgtest.Deadline(b, time.Hour) // the whole set takes minutes
 	pool, p := setup(b)
 	for _, w := range workloads() {
 		for _, rtt := range []time.Duration{0, 500 * time.Microsecond, time.Millisecond} {
