@@ -3,13 +3,14 @@
 
 GO      ?= go
 # Every module of the repository (go.work ties them together): the library, its migrations, the public test
-# kit and the command, each a module of its own so that importers pay only for what they import.
-PKGS    ?= ./... ./migrations/... ./pgcctest/... ./cmd/pgcc/...
+# kit, the OpenTelemetry adapter and the command, each a module of its own so that importers pay only for what
+# they import.
+PKGS    ?= ./... ./migrations/... ./pgcctest/... ./cmd/pgcc/... ./otel/...
 # One identifier for all test binaries of this run, so that its databases can be swept afterwards.
 RUN     := $(shell od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 TIMEOUT ?= 9m
 
-.PHONY: all test lint fmt bench bench-report demo sweep deps fuzz
+.PHONY: all test lint fmt bench bench-report demo sweep deps fuzz faults
 
 all: lint test
 
@@ -31,6 +32,18 @@ fmt:
 FUZZTIME ?= 10s
 fuzz:
 	@status=0; PGCC_TEST_RUN=$(RUN) $(GO) test -run '^$$' -fuzz '^FuzzBuild$$' -fuzztime $(FUZZTIME) ./repo/ || status=$$?; \
+	$(GO) run ./internal/pgtest/sweep -run $(RUN) || true; exit $$status
+
+## faults: the fault suite's long form (integration_test/faults): every strategy under backend kills, network
+## faults and a crash-restart, FAULTS_DURATION per cell (default 60s), FAULTS_WORKERS workers on FAULTS_CONNS
+## connections; prints the figures docs/reliability.md quotes. `make test` runs its bounded form.
+FAULTS_DURATION ?= 60s
+FAULTS_WORKERS  ?= 32
+FAULTS_CONNS    ?= 8
+faults:
+	@status=0; PGCC_TEST_RUN=$(RUN) PGCC_FAULTS_LONG=1 PGCC_FAULTS_DURATION=$(FAULTS_DURATION) \
+	PGCC_FAULTS_WORKERS=$(FAULTS_WORKERS) PGCC_FAULTS_CONNS=$(FAULTS_CONNS) \
+	$(GO) test -race -count=1 -v -timeout 90m ./integration_test/faults/ || status=$$?; \
 	$(GO) run ./internal/pgtest/sweep -run $(RUN) || true; exit $$status
 
 ## deps: what importing pgcc costs a service (modules and go.sum lines), against the floor; fails past the limits.

@@ -22,5 +22,14 @@
 // the *pgconn.PgError whenever PostgreSQL reported one. [Classify] gives errors of the caller's own pgx
 // calls the same matching.
 //
+// # Observing
+//
+// An [Observer] receives what the packages see happen: each transaction attempt ([AttemptEvent]), each
+// optimistic conflict ([ConflictEvent]), each lock wait ([LockWaitEvent]) and each lease event
+// ([LeaseEvent]). It is attached with txn.WithObserver (and labelled with txn.WithLabel), or with the
+// observer options of repo, lock and lease; [NewSlogObserver] logs the events, and the module
+// github.com/pgcc/pgcc/otel records them as OpenTelemetry metrics and spans. Nothing attached costs a nil
+// check. docs/observability.md shows how to read them.
+//
 // docs/architecture.md has the layering (which package may import which) and says where new things go.
 package pgcc

@@ -106,7 +106,7 @@ func (k *Keeper) run(ctx context.Context, l Lease) {
 		case <-t.C:
 		}
 		if lastErr != nil && !time.Now().Before(lossAt) {
-			k.lose(&LostError{Name: l.Name, Token: l.Token, Err: lastErr})
+			k.lose(ctx, l, &LostError{Name: l.Name, Token: l.Token, Err: lastErr})
 			return
 		}
 		sent := time.Now()
@@ -119,8 +119,9 @@ func (k *Keeper) run(ctx context.Context, l Lease) {
 			k.mu.Lock()
 			k.expires, k.trusted = expires, trusted
 			k.mu.Unlock()
+			l.leases.observe(ctx, pgcc.LeaseRenewed, l.Name, l.Holder, l.Token, expires, nil)
 		case errors.Is(err, pgcc.ErrFenced):
-			k.lose(&LostError{Name: l.Name, Token: l.Token, Err: err})
+			k.lose(ctx, l, &LostError{Name: l.Name, Token: l.Token, Err: err})
 			return
 		case ctx.Err() != nil:
 			return
@@ -130,11 +131,12 @@ func (k *Keeper) run(ctx context.Context, l Lease) {
 	}
 }
 
-func (k *Keeper) lose(err error) {
+func (k *Keeper) lose(ctx context.Context, l Lease, err error) {
 	k.mu.Lock()
 	k.err = err
 	k.mu.Unlock()
 	k.cancel(err)
+	l.leases.observe(ctx, pgcc.LeaseLost, l.Name, l.Holder, l.Token, time.Time{}, err)
 }
 
 // Expires returns the grant's expiry as of the last successful renewal, on the database clock.

@@ -10,9 +10,11 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/lockwait"
+	"github.com/pgcc/pgcc/internal/pgfail"
 )
 
 // Leases grants named, time-bounded ownership recorded in the table pgcc.leases (created by package
@@ -22,13 +24,38 @@ import (
 //
 // All times are the database's clock (clock_timestamp()), never the caller's.
 type Leases struct {
-	db pgcc.DBTX
+	db       pgcc.DBTX
+	observer pgcc.Observer
 }
 
 // New returns the leases stored in the database behind db, typically a *pgxpool.Pool. Each call of its
 // methods is one autocommitted statement on db. A nil db (a typed nil included) makes every method return an
 // error matching [pgcc.ErrInvalidArgument].
-func New(db pgcc.DBTX) *Leases { return &Leases{db: db} }
+func New(db pgcc.DBTX, opts ...Option) *Leases {
+	ls := &Leases{db: db}
+	for _, o := range opts {
+		if o != nil {
+			o(ls)
+		}
+	}
+	return ls
+}
+
+// Option configures [New].
+type Option func(*Leases)
+
+// WithObserver reports the grants, renewals (a [Keeper]'s included), releases, losses and fencings of the
+// leases to o ([pgcc.LeaseEvent]). A nil o attaches nothing.
+func WithObserver(o pgcc.Observer) Option {
+	return func(ls *Leases) { ls.observer = o }
+}
+
+// observe reports an event of this store's leases, when an observer is attached.
+func (ls *Leases) observe(ctx context.Context, kind pgcc.LeaseEventKind, name, holder string, token int64, expires time.Time, err error) {
+	if ls.observer != nil {
+		ls.observer.ObserveLease(ctx, pgcc.LeaseEvent{Kind: kind, Name: name, Holder: holder, Token: token, Expires: expires, Err: err})
+	}
+}
 
 // Lease is one grant of a named lease. Its methods are not safe for concurrent use; while a [Keeper] renews it,
 // call only [Lease.Release] (after [Keeper.Stop]).
@@ -38,7 +65,8 @@ type Lease struct {
 	// Holder is who holds it, as given to Acquire.
 	Holder string
 	// Token is the grant's fencing token. Tokens of one name strictly increase with every grant, release and
-	// re-acquisition included.
+	// re-acquisition included, and across a failover: the first grant on a promoted standby is at least
+	// 2^32 + 1 above the old primary's timeline (migration 0003, docs/deployment.md).
 	Token int64
 	// Acquired is when the grant was made, on the database clock.
 	Acquired time.Time
@@ -106,7 +134,10 @@ const (
 //
 // name and holder must be non-empty valid UTF-8 without NUL bytes, at most [MaxNameBytes] long; ttl is rounded
 // to microseconds and must be at least a millisecond. Anything else is refused with an error matching
-// [pgcc.ErrInvalidArgument] before anything is sent. ctx bounds the statement.
+// [pgcc.ErrInvalidArgument] before anything is sent. ctx bounds the statement. When db is not a transaction, a
+// connection that could not be made is a *pgcc.ConnectionLostError (nothing was sent) and one that failed
+// once the statement may have been sent a *pgcc.CommitUnknownError: the grant may have been made, under
+// holder's name, and expires unused if nobody learns its token (Renew and Release say the same).
 func (ls *Leases) TryAcquire(ctx context.Context, name, holder string, ttl time.Duration) (*Lease, error) {
 	l, _, err := ls.tryAcquire(ctx, name, holder, ttl)
 	return l, err
@@ -132,12 +163,13 @@ func (ls *Leases) tryAcquire(ctx context.Context, name, holder string, ttl time.
 			continue
 		}
 		if err != nil {
-			return nil, time.Time{}, wrap(err)
+			return nil, time.Time{}, ls.lost(wrap(err))
 		}
 		if !granted {
 			return nil, now, &HeldError{Name: name, Holder: l.Holder, Since: l.Acquired, Until: l.Expires}
 		}
 		l.trusted = sent.Add(ttl)
+		ls.observe(ctx, pgcc.LeaseAcquired, name, l.Holder, l.Token, l.Expires, nil)
 		return l, now, nil
 	}
 	return nil, time.Time{}, fmt.Errorf("pgcc: lease %q changed %d times while being acquired", name, acquireRaces)
@@ -147,15 +179,27 @@ func (ls *Leases) tryAcquire(ctx context.Context, name, holder string, ttl time.
 // expire (checking at least every second, in case it is released early) until it gets the lease or ctx ends.
 // Each attempt is one statement, which also reads the database clock the wait is computed from. ctx bounds
 // the statements and the waits; when it ends, Acquire returns the context's error joined with the last
-// [*HeldError].
+// [*HeldError]. On a pool, a connection failure (pgcc.ErrConnectionLost, pgcc.ErrCommitUnknown) is tried
+// again too, with a backoff up to a second, on another connection: a grant made by an attempt whose reply was
+// lost is held under holder's name, so the next attempt waits for it to expire rather than use it.
 func (ls *Leases) Acquire(ctx context.Context, name, holder string, ttl time.Duration) (*Lease, error) {
-	for {
+	for failures := 0; ; {
 		l, now, err := ls.tryAcquire(ctx, name, holder, ttl)
 		var held *HeldError
-		if !errors.As(err, &held) {
+		var wait time.Duration
+		switch {
+		case errors.As(err, &held):
+			wait = min(max(held.Until.Sub(now), acquirePollMin), acquirePollMax)
+		case ctx.Err() == nil && pgfail.Reconnects(ls.db) &&
+			(errors.Is(err, pgcc.ErrConnectionLost) || errors.Is(err, pgcc.ErrCommitUnknown)):
+			// The connection failed: on a pool, the next attempt gets another one. A grant that may have been
+			// made is harmless: it is held under this holder's name, the next attempt finds it held, and it
+			// expires unused; the grant Acquire returns is always one whose token it read.
+			failures++
+			wait = min(acquirePollMin<<min(failures, 7), acquirePollMax)
+		default:
 			return l, err
 		}
-		wait := min(max(held.Until.Sub(now), acquirePollMin), acquirePollMax)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -181,6 +225,7 @@ func (l *Lease) Renew(ctx context.Context) error {
 		return err
 	}
 	l.Expires, l.trusted = expires, sent.Add(l.TTL)
+	l.leases.observe(ctx, pgcc.LeaseRenewed, l.Name, l.Holder, l.Token, expires, nil)
 	return nil
 }
 
@@ -191,7 +236,7 @@ func (l *Lease) renew(ctx context.Context) (time.Time, error) {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return time.Time{}, l.leases.fenced(ctx, l.Name, l.Token)
 	}
-	return expires, wrap(err)
+	return expires, l.leases.lost(wrap(err))
 }
 
 // Release ends the grant now, so the next Acquire succeeds at once (with a greater token). Releasing a grant
@@ -203,11 +248,12 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	tag, err := l.leases.db.Exec(ctx, releaseSQL, l.Name, l.Token)
 	if err != nil {
-		return wrap(err)
+		return l.leases.lost(wrap(err))
 	}
 	if tag.RowsAffected() == 0 {
 		return l.leases.fenced(ctx, l.Name, l.Token)
 	}
+	l.leases.observe(ctx, pgcc.LeaseReleased, l.Name, l.Holder, l.Token, time.Time{}, nil)
 	return nil
 }
 
@@ -216,8 +262,11 @@ func (ls *Leases) fenced(ctx context.Context, name string, token int64) error {
 	e := &FencedError{Name: name, Token: token}
 	err := ls.db.QueryRow(ctx, currentSQL, name).Scan(&e.Current, &e.Holder, &e.Expires, &e.Expired)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return errors.Join(e, wrap(err))
+		ferr := errors.Join(e, wrap(err))
+		ls.observe(ctx, pgcc.LeaseFenced, name, "", token, time.Time{}, ferr)
+		return ferr
 	}
+	ls.observe(ctx, pgcc.LeaseFenced, name, "", token, time.Time{}, e)
 	return e
 }
 
@@ -265,10 +314,14 @@ func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...Gua
 			return lockwait.RowBlockers(ctx, db, self, ks)
 		},
 	}
-	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag}, tx, req); err != nil {
+	obs := pgcc.ObservationOf(tx, cfg.observer)
+	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag, Obs: obs}, tx, req); err != nil {
 		return wrap(err)
 	}
 	if !found || e.Current != token || e.Expired {
+		if obs.Observer != nil {
+			obs.Observer.ObserveLease(ctx, pgcc.LeaseEvent{Label: obs.Label, Kind: pgcc.LeaseFenced, Name: name, Token: token, Err: e})
+		}
 		return e
 	}
 	return nil
@@ -345,6 +398,27 @@ func wrap(err error) error {
 		return fmt.Errorf("pgcc: the lease table pgcc.leases does not exist in this database: apply pgcc's migrations first, "+
 			"with migrations.Up(ctx, pool) from github.com/pgcc/pgcc/migrations at start-up (or migrations.FS() with your own "+
 			"golang-migrate tooling, version table pgcc.schema_migrations): %w", err)
+	}
+	return err
+}
+
+// lost types the error of a statement that runs by itself (autocommit) on a connection that failed: a
+// failure to connect is a *pgcc.ConnectionLostError (nothing was sent), any other connection failure a
+// *pgcc.CommitUnknownError (it may have been applied). Errors of statements inside the caller's transaction
+// are left to whoever runs the transaction.
+func (ls *Leases) lost(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, inTx := ls.db.(pgx.Tx); inTx {
+		return err
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) && pgfail.ConnectionFailed(err) {
+		return &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !pgfail.Reconnects(ls.db), Err: err}
+	}
+	if pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
+		return &pgcc.CommitUnknownError{Attempts: 1, Err: err}
 	}
 	return err
 }

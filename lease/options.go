@@ -14,10 +14,18 @@ import (
 type GuardOption func(*guardConfig)
 
 type guardConfig struct {
-	noWait  bool
-	timeout time.Duration
-	diag    pgcc.DBTX
-	invalid []string
+	noWait   bool
+	timeout  time.Duration
+	diag     pgcc.DBTX
+	observer pgcc.Observer
+	invalid  []string
+}
+
+// GuardWithObserver reports [Guard]'s wait for the lease row ([pgcc.LockWaitEvent]) and a token found fenced
+// ([pgcc.LeaseEvent]) to o. A tx of a txn.Run given txn.WithObserver reports to that observer instead, with
+// the transaction's label. A nil o attaches nothing.
+func GuardWithObserver(o pgcc.Observer) GuardOption {
+	return func(c *guardConfig) { c.observer = o }
 }
 
 // NoWait makes [Guard] fail at once with [pgcc.ErrLockNotAvailable] when a takeover of the lease is being

@@ -85,11 +85,11 @@ func XactLock(ctx context.Context, tx pgx.Tx, key pgcc.AdvisoryKey, opts ...Opti
 	if cfg.wait == NoWait {
 		ok, pid, err := tryXact(ctx, cfg, tx, key)
 		if err == nil && !ok {
-			return lockwait.Fail(ctx, cfg.bounds(), advisoryRequest(key, "", true), nil, nil, 0, pid)
+			return lockwait.Fail(ctx, cfg.bounds(tx), advisoryRequest(key, "", true), nil, nil, 0, pid)
 		}
 		return err
 	}
-	return lockwait.Run(ctx, cfg.bounds(), tx, advisoryRequest(key, xactSQL(cfg.strength == ForShare, false), true))
+	return lockwait.Run(ctx, cfg.bounds(tx), tx, advisoryRequest(key, xactSQL(cfg.strength == ForShare, false), true))
 }
 
 // TryXactLock takes the advisory lock key for the rest of tx if it is free and reports whether it did; it
@@ -187,7 +187,7 @@ func SessionLock(ctx context.Context, pool *pgxpool.Pool, key pgcc.AdvisoryKey, 
 	}
 	h, ok, err := acquireSession(ctx, pool, key, cfg, cfg.wait == NoWait)
 	if err == nil && !ok {
-		err = lockwait.Fail(ctx, cfg.bounds(), advisoryRequest(key, "", false), nil, nil, 0, h.pid)
+		err = lockwait.Fail(ctx, cfg.bounds(nil), advisoryRequest(key, "", false), nil, nil, 0, h.pid)
 		h.conn.Release()
 		return nil, err
 	}
@@ -348,7 +348,7 @@ func (h *Held) take(ctx context.Context, cfg *config, expect int64, try bool) (t
 		}
 		return scan(rows)
 	}
-	return st, lockwait.Run(ctx, cfg.bounds(), h.conn.Conn(), req)
+	return st, lockwait.Run(ctx, cfg.bounds(nil), h.conn.Conn(), req)
 }
 
 // probeSession finds the backend behind conn when a pooler is in between, and refuses, with an error matching

@@ -77,8 +77,8 @@
 //
 // Every option or argument that cannot be honoured, every nil handle (typed nils included), table
 // description, key value or name PostgreSQL would not keep as given is an error matching
-// [pgcc.ErrInvalidArgument] that names it, returned before anything is sent; docs/bad-input-lock.md lists
-// them.
+// [pgcc.ErrInvalidArgument] that names it, returned before anything is sent; the "Bad input" section of
+// docs/reliability.md lists them.
 //
 // docs/architecture.md shows where lock sits among the other packages: it imports no other pgcc package but
 // the shared vocabulary, locks repo tables through its own [Table] interface, and takes transactions as

@@ -97,6 +97,7 @@ type config struct {
 	limitSet     bool
 	allowMissing bool
 	lossCheck    time.Duration
+	observer     pgcc.Observer
 	invalid      []string
 }
 
@@ -342,5 +343,17 @@ func newConfig(u use, opts []Option) (*config, error) {
 	return c, nil
 }
 
-// bounds is the part of c that bounds a lock statement.
-func (c *config) bounds() lockwait.Config { return lockwait.Config{Timeout: c.timeout, Diag: c.diag} }
+// bounds is the part of c that bounds a lock statement run on db, with the observer of db's transaction or,
+// failing that, of [WithObserver].
+func (c *config) bounds(db any) lockwait.Config {
+	return lockwait.Config{Timeout: c.timeout, Diag: c.diag, Obs: pgcc.ObservationOf(db, c.observer)}
+}
+
+// WithObserver reports each lock request of the call to o ([pgcc.LockWaitEvent]): what was asked for, how
+// long it waited, whether it was granted and, with [WithDiagnostics], who blocked it. A request made on the
+// pgx.Tx of a txn.Run given txn.WithObserver reports to that observer instead, with the transaction's label,
+// so inside txn.Run this option is needed only to observe a transaction that has none. A nil o attaches
+// nothing.
+func WithObserver(o pgcc.Observer) Option {
+	return func(c *config) { c.observer = o }
+}

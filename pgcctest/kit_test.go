@@ -438,3 +438,75 @@ func TestFaultRemove(t *testing.T) {
 		t.Fatalf("err %v after %d attempts, fired %d %d %d", err, attempts.Load(), f.Fired(), c.Fired(), l.Fired())
 	}
 }
+
+// Faults armed with Times(n) fire n times in all across concurrent transactions, each transaction's retry
+// absorbs them, and every deposit lands once.
+func TestFaultsUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	p := pgcctest.NewDB(t).FaultPool(t)
+	c := p.FailCommit(pgerrcode.SerializationFailure, pgcctest.Times(3))
+	s := p.FailStatement(2, pgerrcode.DeadlockDetected, pgcctest.Times(3))
+	const workers, each = 4, 5
+	var attempts atomic.Int32
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			var err error
+			for range each {
+				if err = deposit(ctx, p, 2, 1, &attempts); err != nil {
+					break
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.Fired() != 3 || s.Fired() != 3 || attempts.Load() != workers*each+6 {
+		t.Fatalf("fired %d at COMMIT and %d at statement 2, %d attempts; want 3, 3, %d", c.Fired(), s.Fired(), attempts.Load(), workers*each+6)
+	}
+	if b := balance(t, p, 2); b != 50+workers*each {
+		t.Fatalf("balance %d, want %d", b, 50+workers*each)
+	}
+}
+
+// Start and CreateDB work without a testing.TB; WithoutPgccSchema leaves pgcc's tables out of the template,
+// and Close drops it.
+func TestStartWithoutPgccSchema(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	admin := pgcctest.Pool(t) // any database of the same server, to look at pg_database from
+	srv, err := pgcctest.Start(ctx, pgcctest.WithoutPgccSchema(), pgcctest.SQL("CREATE TABLE t (x int)"))
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Skip(err)
+	}
+	db, err := srv.CreateDB(ctx)
+	if err != nil {
+		srv.Close()
+		t.Fatal(err)
+	}
+	conn := db.Conn(t)
+	var pgccSchema, table bool
+	err = conn.QueryRow(ctx, "SELECT to_regnamespace('pgcc') IS NOT NULL, to_regclass('t') IS NOT NULL").Scan(&pgccSchema, &table)
+	if err != nil || pgccSchema || !table {
+		t.Errorf("pgcc schema %v, table t %v, %v; want false, true", pgccSchema, table, err)
+	}
+	_ = conn.Close(ctx)
+	if err := db.Drop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	template := srv.Template()
+	srv.Close()
+	var left int
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_database WHERE datname = ANY($1)",
+		[]string{db.Name, template}).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d of the test's databases left, %v", left, err)
+	}
+}

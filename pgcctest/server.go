@@ -172,6 +172,9 @@ func (s *Server) buildTemplate(ctx context.Context, cfg *config) error {
 // or "local server".
 func (s *Server) Source() string { return s.source }
 
+// Template returns the name of the template database every test database is copied from.
+func (s *Server) Template() string { return s.template }
+
 // Close drops the template, closes the administrative pool and stops the container, if one was started.
 // Databases still open are left to their own cleanup.
 func (s *Server) Close() {

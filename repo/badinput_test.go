@@ -18,7 +18,7 @@ import (
 // TestBadInput calls every entry point with bad values. Each is refused with an error matching
 // pgcc.ErrInvalidArgument that names the argument, before anything is sent: the table is unchanged
 // afterwards, no statement reached the server, and (checked by the harness) no connection is left acquired.
-// docs/bad-input-repo.md is this table in prose.
+// The "Bad input" section of docs/reliability.md is this table in prose.
 func TestBadInput(t *testing.T) {
 	t.Parallel()
 	tracer := &statementLog{}

@@ -351,6 +351,26 @@ func BenchmarkModify(b *testing.B) {
 			i++
 		}
 	})
+	b.Run("repo/observer", func(b *testing.B) {
+		// Modify with a table observer that does nothing: what attaching one costs (docs/observability.md).
+		b.ReportAllocs()
+		clientCPU(b)
+		observed, err := repo.NewTable[Account]("accounts", repo.WithObserver(pgcc.NopObserver{}))
+		if err != nil {
+			b.Fatal(err)
+		}
+		i := int64(0)
+		for b.Loop() {
+			_, err := observed.Modify(ctx, pool, pgcc.Key{i%benchRows + 1}, func(_ context.Context, a *Account) error {
+				a.Balance++
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
 }
 
 // BenchmarkUpdateAllSizes measures UpdateAll of one batch of each size.

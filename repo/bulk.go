@@ -300,5 +300,8 @@ func (t *Table[T]) bulkConflicts(ctx context.Context, tx pgx.Tx, plan *bulkState
 			}
 		}
 	}
+	for _, c := range conflicts {
+		t.observeConflict(ctx, tx, c)
+	}
 	return &BulkConflictError{Table: t.quoted, Rows: len(values), Conflicts: conflicts}
 }

@@ -92,7 +92,7 @@ func (t *Table[T]) Upsert(ctx context.Context, db pgcc.DBTX, row *T) (created bo
 		if !found && n < maxRewrites {
 			continue // the row that stopped the insert is gone: insert again
 		}
-		return false, t.conflict(pgcc.OpUpdate, v, t.versionValue(vf), actual, found)
+		return false, t.observeConflict(ctx, db, t.conflict(pgcc.OpUpdate, v, t.versionValue(vf), actual, found))
 	}
 }
 

@@ -59,6 +59,14 @@
 // integer key is refused, never truncated to row 3. A key field edited after the row was read retargets a
 // write to the row with the new key; embed [Tracked] in the struct to have such a write refused.
 //
+// # Hot rows
+//
+// A row that many clients change at once is bounded by one commit per change. [Table.Add] changes an integer
+// column in one statement without a read, with [AtLeast] and [AtMost] guards ([*GuardError] when one fails).
+// A [Combiner] ([Table.Combine]) applies the concurrent [Combiner.Modify] calls of one key in this process
+// in one transaction: one locked read, every caller's function in turn, one write, one commit. Pure counters
+// that nobody bounds belong in package counter. docs/optimistic.md measures all three.
+//
 // # HTTP
 //
 // [ETag] and [ParseETag] carry a version through ETag and If-Match headers (weak tags accepted), and
@@ -77,7 +85,7 @@
 //     a write with [SkipVersionCheck] found none; errors.Is with pgx.ErrNoRows holds too.
 //   - [pgcc.ErrInvalidArgument] from [NewTable] and for options and arguments (a nil handle, typed nils
 //     included; a nil table or row; a key value of the wrong type; a changed [Tracked] key): nothing was sent,
-//     and the message names the argument. docs/bad-input-repo.md lists every case.
+//     and the message names the argument. docs/reliability.md ("Bad input") lists every case.
 //
 // Errors PostgreSQL reports (a unique violation on Insert, a serialization failure inside a REPEATABLE READ
 // transaction) are wrapped with the table and key, and errors.As still finds the *pgconn.PgError.

@@ -259,7 +259,7 @@ func (t *Table[T]) write(ctx context.Context, db pgcc.DBTX, row *T, op, sql stri
 		if found && micros(actual.at) == micros(expected.at) && actual.n == expected.n && n < maxRewrites {
 			continue // the row was replaced at the same version after the write's snapshot: write again
 		}
-		return t.conflict(op, v, expected, actual, found)
+		return t.observeConflict(ctx, db, t.conflict(op, v, expected, actual, found))
 	}
 }
 
@@ -372,6 +372,14 @@ func (t *Table[T]) conflict(op string, v reflect.Value, expected, actual version
 	return ce
 }
 
+// observeConflict reports ce to the observer of db's transaction, or else of the table, and returns it.
+func (t *Table[T]) observeConflict(ctx context.Context, db pgcc.DBTX, ce *pgcc.ConflictError) *pgcc.ConflictError {
+	if obs := pgcc.ObservationOf(db, t.observer); obs.Observer != nil {
+		obs.Observer.ObserveConflict(ctx, pgcc.ConflictEvent{Label: obs.Label, Conflict: ce})
+	}
+	return ce
+}
+
 // probe reads the current version of the row with key, locking it FOR SHARE. The lock makes PostgreSQL
 // return the newest committed row version, not the one of the statement's snapshot: under READ COMMITTED it
 // waits for a transaction updating or deleting the row and then reads what it committed, and under
@@ -422,7 +430,7 @@ func (t *Table[T]) Check(ctx context.Context, db pgcc.DBTX, tag pgconn.CommandTa
 	if t.d.kind == VersionTimestamp {
 		ce.ExpectedTime, ce.ActualTime = exp.at, actual.at
 	}
-	return ce
+	return t.observeConflict(ctx, db, ce)
 }
 
 // Defaults of Modify's retry policy, used unless opts say otherwise. Measured with 25 writers calling Modify
@@ -474,8 +482,17 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 	} else if pgfail.Reconnects(db) {
 		retry = retryConflictRetryableOrLost
 	}
-	all := make([]txn.Option, 0, len(opts)+3)
+	// Modify's attempts are a txn.Retry's: they go to the transaction's (or table's) observer, if any.
+	obs := pgcc.ObservationOf(db, t.observer)
+	n := len(opts) + 3
+	if obs.Observer != nil {
+		n += 2
+	}
+	all := make([]txn.Option, 0, n)
 	all = append(all, txn.RetryIf(retry), modifyAttempts, modifyBackoff)
+	if obs.Observer != nil {
+		all = append(all, txn.WithObserver(obs.Observer), txn.WithLabel(obs.Label))
+	}
 	all = append(all, opts...)
 	// After a conflict the row is read once: that read is both the actual version the error reports and the
 	// starting point of the next attempt. A plain read is honest here, unlike after a bare Update: outside a
@@ -513,13 +530,13 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 		}
 		current, err := t.Get(ctx, db, key)
 		if errors.Is(err, pgcc.ErrNotFound) {
-			return t.conflict(pgcc.OpUpdate, rv, expected, version{}, false)
+			return t.observeConflict(ctx, db, t.conflict(pgcc.OpUpdate, rv, expected, version{}, false))
 		}
 		if err != nil {
 			return err
 		}
 		next = &current
-		return t.conflict(pgcc.OpUpdate, rv, expected, t.versionValue(reflect.ValueOf(&current).Elem().FieldByIndex(t.version.index)), true)
+		return t.observeConflict(ctx, db, t.conflict(pgcc.OpUpdate, rv, expected, t.versionValue(reflect.ValueOf(&current).Elem().FieldByIndex(t.version.index)), true))
 	}, all...)
 	if err != nil {
 		var zero T

@@ -58,6 +58,7 @@ type tableConfig struct {
 	version   string
 	kind      VersionKind
 	defaults  []string
+	observer  pgcc.Observer
 	invalid   []string
 }
 
@@ -132,6 +133,13 @@ func WithInsertDefaults(cols ...string) TableOption {
 	return func(c *tableConfig) { c.defaults = append(c.defaults, cols...) }
 }
 
+// WithObserver reports the table's optimistic conflicts to o ([pgcc.ConflictEvent]), and the attempts of
+// [Table.Modify] when it runs on a pool or connection. A statement run on the pgx.Tx of a txn.Run given
+// txn.WithObserver reports to that observer instead, with the transaction's label. A nil o attaches nothing.
+func WithObserver(o pgcc.Observer) TableOption {
+	return func(c *tableConfig) { c.observer = o }
+}
+
 // Tracked, embedded in a row struct, makes a [Table] remember the key each row was read with (by Get, Modify,
 // InsertOrGet or Upsert) or written with (by Insert), so that a write of a row whose key field was changed
 // since is refused with [pgcc.ErrInvalidArgument], before anything is sent:
@@ -172,6 +180,8 @@ type Table[T any] struct {
 	fields  []field  // per column of d.cols
 	version field
 	tracked []int // index of the embedded Tracked, nil when T embeds none
+	// observer is WithObserver's, nil for none; a transaction's observer wins over it (see observeConflict).
+	observer pgcc.Observer
 
 	partial sync.Map                       // partialKey → *partialStmt, for UpdateColumns and write options
 	atomic  sync.Map                       // atomicKey → string, the statements of Add
@@ -216,7 +226,7 @@ func NewTable[T any](name string, opts ...TableOption) (*Table[T], error) {
 	if typ.Kind() != reflect.Struct {
 		return nil, fmt.Errorf("%w: table %q: rows must be a struct type, not %v", pgcc.ErrInvalidArgument, name, typ)
 	}
-	t := &Table[T]{d: desc{schema: cfg.schema, table: name, kind: cfg.kind}}
+	t := &Table[T]{d: desc{schema: cfg.schema, table: name, kind: cfg.kind}, observer: cfg.observer}
 	mapFields(typ, nil, true, &t.d.cols, &t.fields, &t.tracked)
 	if err := t.d.validate(); err != nil {
 		return nil, err

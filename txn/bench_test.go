@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -54,6 +55,21 @@ func BenchmarkUpdate(b *testing.B) {
 		}
 		for b.Loop() {
 			if err := txn.Run(ctx, pool, fn); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("txn.Run/observer", func(b *testing.B) {
+		// What an attached observer costs (one that does nothing): the attempt's clock and event, the
+		// options' closures. Without one, txn.Run above pays a nil check per attempt; docs/observability.md.
+		b.ReportAllocs()
+		fn := func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, update)
+			return err
+		}
+		var obs pgcc.Observer = pgcc.NopObserver{}
+		for b.Loop() {
+			if err := txn.Run(ctx, pool, fn, txn.WithObserver(obs), txn.WithLabel("bench")); err != nil {
 				b.Fatal(err)
 			}
 		}

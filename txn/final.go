@@ -37,7 +37,7 @@ func Final(tx pgx.Tx, sql string, args ...any) error {
 	if err != nil {
 		return err
 	}
-	if !m.outermost {
+	if m.top == nil {
 		return fmt.Errorf("%w: Final needs the transaction txn.Run began, not a savepoint or a transaction begun elsewhere", pgcc.ErrInvalidArgument)
 	}
 	if sql == "" {

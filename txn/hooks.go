@@ -15,11 +15,26 @@ import (
 type managed struct {
 	pgx.Tx
 	parent *managed
-	// outermost is set on the transaction Run began itself: the only one whose COMMIT is a real commit.
-	outermost bool
-	commit    []func(context.Context)
-	rollback  []func()
-	final     []finalWrite // writes to send with COMMIT ([Final])
+	// top is set (non-nil) on the transaction Run began itself, the only one whose COMMIT is a real commit,
+	// and points to the observer and label of that Run, for packages repo, lock and lease: to unobserved
+	// when it has none. A pointer rather than a bool and a pgcc.Observation keeps managed at 80 bytes.
+	top      *pgcc.Observation
+	commit   []func(context.Context)
+	rollback []func()
+	final    []finalWrite // writes to send with COMMIT ([Final])
+}
+
+// unobserved is the observation of a Run without observer. It is never written.
+var unobserved pgcc.Observation
+
+var _ pgcc.Observed = (*managed)(nil)
+
+// PGCCObservation returns the observer and label given to the outermost Run (see [pgcc.Observed]).
+func (m *managed) PGCCObservation() pgcc.Observation {
+	if top := m.root().top; top != nil {
+		return *top
+	}
+	return pgcc.Observation{}
 }
 
 // AfterCommit registers fn to run once the outermost transaction that tx belongs to has committed: after
@@ -47,7 +62,7 @@ func AfterCommit(tx pgx.Tx, fn func(ctx context.Context)) error {
 	if fn == nil {
 		return fmt.Errorf("%w: AfterCommit needs a function", pgcc.ErrInvalidArgument)
 	}
-	if root := m.root(); !root.outermost {
+	if root := m.root(); root.top == nil {
 		return fmt.Errorf("%w: AfterCommit: the transaction was not begun by txn.Run, so its commit cannot be seen", pgcc.ErrInvalidArgument)
 	}
 	m.commit = append(m.commit, fn)

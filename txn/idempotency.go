@@ -173,7 +173,7 @@ func (r *runner) probeConn(ctx context.Context, lost *pgx.Conn) (*pgx.Conn, func
 		return nil, nil, err
 	}
 	return c, func() {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		closeCtx, cancel := detached(ctx)
 		defer cancel()
 		_ = c.Close(closeCtx)
 	}, nil

@@ -82,6 +82,9 @@ type config struct {
 	isolation      pgx.TxIsoLevel
 	readOnly       bool
 	deferrable     bool
+	hasTxSettings  bool
+	hasLocalConfig bool
+	given          optionSet // which options were given, for the error of a nested Run
 	maxAttempts    int
 	backoff        Backoff
 	lockTimeout    time.Duration
@@ -89,16 +92,21 @@ type config struct {
 	retryIf        func(error) bool
 	retryLockBusy  bool
 	idempotent     bool
+	outermost      bool
 	onRetry        func(attempt int, err error, delay time.Duration)
+	obs            *observing    // nil unless an observer is attached: no events, no cost
 	key            string        // idempotency key, "" for none
 	retention      time.Duration // how long the key is kept
-	outermost      bool
-	given          optionSet // which options were given, for the error of a nested Run
 	invalid        []string
 	beginQuery     string // BEGIN and SET LOCALs in one statement; "" when plain BEGIN will do
 	keyInsert      string // the key's INSERT, less the attempt number; "" without a key
-	hasTxSettings  bool
-	hasLocalConfig bool
+}
+
+// observing is the observer of [WithObserver] and the label of [WithLabel]. It hangs from config by a
+// pointer so that a Run without an observer carries 8 bytes for it, not 40.
+type observing struct {
+	obs       pgcc.Observation // what the transaction's handle carries (managed.top points here)
+	operation string           // pgcc.OperationRun or pgcc.OperationRetry, for the events
 }
 
 // optionSet records which options were given, one bit each.
@@ -337,6 +345,32 @@ func OnRetry(hook func(attempt int, err error, delay time.Duration)) Option {
 	return func(c *config) { c.onRetry = hook; c.given |= optOnRetry }
 }
 
+// WithObserver attaches o to the transaction: it receives an [pgcc.AttemptEvent] at the end of every
+// attempt, and the statements that packages repo, lock and lease run on the pgx.Tx given to fn (or to a nested
+// Run's fn) report their conflicts, lock waits and lease events to it, with the label of [WithLabel]. With
+// [Retry] it receives the attempts. A nil o attaches nothing. A nested Run ignores it: its events go to the
+// outermost Run's observer.
+func WithObserver(o pgcc.Observer) Option {
+	return func(c *config) {
+		if c.obs == nil {
+			c.obs = &observing{}
+		}
+		c.obs.obs.Observer = o
+	}
+}
+
+// WithLabel names the transaction in the events of its observer ([WithObserver]): "checkout",
+// "nightly-totals". Choose a small, fixed set of labels, since metrics are counted per label. A nested Run
+// ignores it.
+func WithLabel(label string) Option {
+	return func(c *config) {
+		if c.obs == nil {
+			c.obs = &observing{}
+		}
+		c.obs.obs.Label = label
+	}
+}
+
 // newConfig applies opts and reports every invalid option in one error.
 func newConfig(opts []Option) (*config, error) {
 	c := &config{maxAttempts: DefaultMaxAttempts}
@@ -346,6 +380,9 @@ func newConfig(opts []Option) (*config, error) {
 			continue
 		}
 		o(c)
+	}
+	if c.obs != nil && c.obs.obs.Observer == nil {
+		c.obs = nil // a label without an observer goes nowhere
 	}
 	if c.key != "" && c.readOnly {
 		c.invalid = append(c.invalid, "an idempotency key cannot be recorded by a read-only transaction, which applies nothing")

@@ -100,6 +100,9 @@ func Run(ctx context.Context, db pgcc.Beginner, fn func(ctx context.Context, tx 
 		}
 		return nested(ctx, tx, fn)
 	}
+	if cfg.obs != nil {
+		cfg.obs.operation = pgcc.OperationRun
+	}
 	r := runner{cfg: cfg, db: db, reconnects: pgfail.Reconnects(db)}
 	if err := r.init(); err != nil {
 		return err
@@ -146,6 +149,9 @@ func Retry(ctx context.Context, fn func(ctx context.Context) error, opts ...Opti
 	if cfg.hasTxSettings || cfg.hasLocalConfig || cfg.key != "" || cfg.outermost {
 		return fmt.Errorf("%w: Retry runs no transaction of its own; isolation, access mode, timeouts, idempotency keys and Outermost belong to Run", pgcc.ErrInvalidArgument)
 	}
+	if cfg.obs != nil {
+		cfg.obs.operation = pgcc.OperationRetry
+	}
 	return loop(ctx, cfg, false, func(ctx context.Context) (outcome, error) {
 		err := fn(ctx)
 		if err != nil && errors.Is(err, pgcc.ErrCommitUnknown) {
@@ -169,11 +175,18 @@ const (
 
 // loop is the retry policy shared by Run and Retry. reconnects says whether a new attempt gets a new
 // connection, so that an attempt whose connection failed may be retried.
-func loop(ctx context.Context, cfg *config, reconnects bool, try func(context.Context) (outcome, error)) error {
+func loop(ctx context.Context, cfg *config, reconnects bool, try func(context.Context) (outcome, error)) (ret error) {
 	var last error // the last retryable error, kept for an InterruptedError
+	var ob attemptObs
+	if cfg.obs != nil {
+		defer func() { ob.finish(ctx, cfg.obs, cfg.isolation, ret) }()
+	}
 	for n := 1; ; n++ {
 		if ctx.Err() != nil {
 			return &pgcc.InterruptedError{Attempts: n - 1, Cause: context.Cause(ctx), Last: last}
+		}
+		if cfg.obs != nil {
+			ob = attemptObs{n: n, start: time.Now(), pending: true}
 		}
 		kind, err := try(ctx)
 		if err == nil {
@@ -219,6 +232,9 @@ func loop(ctx context.Context, cfg *config, reconnects bool, try func(context.Co
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= delay {
 			// The next attempt could not start before the deadline: say so now rather than sleep through it.
 			return &pgcc.InterruptedError{Attempts: n, Cause: context.DeadlineExceeded, Last: err}
+		}
+		if cfg.obs != nil {
+			ob.retried(ctx, cfg.obs, cfg.isolation, err, delay)
 		}
 		if cfg.onRetry != nil {
 			cfg.onRetry(n, err, delay)
@@ -307,7 +323,10 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		return r.beginFailed(ctx, err)
 	}
 	defer release()
-	tx := &managed{Tx: raw, outermost: true}
+	tx := &managed{Tx: raw, top: &unobserved}
+	if r.cfg.obs != nil {
+		tx.top = &r.cfg.obs.obs
+	}
 	done := false
 	defer func() {
 		if !done {
@@ -371,7 +390,7 @@ func (r *runner) beginFailed(ctx context.Context, err error) (outcome, error) {
 	if r.conn != nil && !r.conn.IsClosed() && r.conn.PgConn().TxStatus() != 'I' {
 		// A statement after BEGIN in the same message failed (the key's INSERT, a SET LOCAL) and left the
 		// caller's connection in the aborted transaction. A pool destroys such a connection on release.
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		closeCtx, cancel := detached(ctx)
 		_, _ = r.conn.Exec(closeCtx, "ROLLBACK")
 		cancel()
 	}
@@ -398,7 +417,7 @@ func (r *runner) fnFailed(ctx context.Context, conn *pgx.Conn, err error) (outco
 	case r.readOnlyServer(err):
 		if r.reconnects {
 			// The server accepts no writes; a new connection may reach the one that does.
-			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+			closeCtx, cancel := detached(ctx)
 			defer cancel()
 			_ = conn.Close(closeCtx)
 		}
@@ -445,7 +464,7 @@ func nested(ctx context.Context, tx pgx.Tx, fn func(context.Context, pgx.Tx) err
 // rollback ends tx after a failure. Its error is not the caller's concern: if ROLLBACK fails, pgx closes the
 // connection and a pool replaces it.
 func rollback(ctx context.Context, tx pgx.Tx) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	ctx, cancel := detached(ctx)
 	defer cancel()
 	_ = tx.Rollback(ctx)
 }

@@ -53,6 +53,7 @@ func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
 	fs.StringVar(&o.jsonPath, "json", "", "write the report as JSON to this file (- for stdout)")
 	fs.StringVar(&o.plotDir, "plots", "", "write throughput and p99 plots per workload into this folder")
 	fs.StringVar(&o.plotFormat, "plot-format", "png", "plot format: png or svg")
+	fs.IntVar(&o.cfg.HotKeys, "hot", o.cfg.HotKeys, "print the N most contended keys of each cell and its attempts histogram (0: none)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress line")
 	fs.BoolVar(&o.tolerateFailures, "tolerate-failures", false, "exit 0 even if pgcc operations failed for good (exhausted retries); a broken invariant still exits 1")
 	fs.StringVar(&o.from, "from", "", "print and plot a JSON report of an earlier run instead of running (no database needed)")
@@ -115,6 +116,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 	if err := rep.WriteTable(out); err != nil {
 		return err
+	}
+	if o.cfg.HotKeys > 0 {
+		if err := rep.WriteHotspots(out); err != nil {
+			return err
+		}
 	}
 	if o.jsonPath != "" {
 		if err := writeJSON(rep, o.jsonPath, stdout); err != nil {

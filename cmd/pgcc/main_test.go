@@ -202,37 +202,62 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-// TestDemoThroughPgBouncer points the demo at a PgBouncer in transaction mode, as a user would: with the
-// default -exec-mode auto it finds the pooler, switches to cache_describe and ends exact, exit 0; forced to
-// pgx's default cache_statement it fails (42P05/26000) and says so with exit 1.
+// TestDemoThroughPgBouncer points the demo at a PgBouncer, as a user would, under each exec mode that can work
+// there: in transaction mode with -exec-mode auto (the pooler found, cache_describe used), exec and
+// simple_protocol; in session mode with auto and pgx's default cache_statement. Every strategy ends exact and
+// the command exits 0. Forced to cache_statement through transaction pooling it fails (42P05/26000) and says
+// so with exit 1.
 func TestDemoThroughPgBouncer(t *testing.T) {
 	t.Parallel()
-	db := pgtest.NewDB(t)
-	pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
-	cfg, err := pgx.ParseConfig(db.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := pgbouncer.Start(t, pgbouncer.Config{ServerHost: cfg.Host, ServerPort: int(cfg.Port), PoolSize: 4})
-	code, out, stderr := pgcc(t, "demo", "-dsn", b.DSN(db.Name), "-workers", "4", "-ops", "60", "-think", "1ms")
-	if code != 0 || !strings.Contains(stderr, "behind a connection pooler") {
-		t.Fatalf("exit %d, stderr %q; want 0 and the pooler noticed\n%s", code, stderr, out)
-	}
-	for _, st := range []string{"optimistic", "pessimistic", "nowait", "serializable", "advisory"} {
-		for _, l := range strings.Split(out, "\n") {
-			if strings.HasPrefix(l, st+" ") { // the table's row, before the explanations
-				if !strings.HasSuffix(strings.TrimSpace(l), "exact") {
-					t.Errorf("%s: %q, want exact", st, l)
-				}
-				break
+	for _, tc := range []struct {
+		pool     pgbouncer.PoolMode
+		execMode string
+		wantCode int
+	}{
+		{pgbouncer.TransactionMode, "auto", 0},
+		{pgbouncer.TransactionMode, "exec", 0},
+		{pgbouncer.TransactionMode, "simple_protocol", 0},
+		{pgbouncer.TransactionMode, "cache_statement", 1},
+		{pgbouncer.SessionMode, "auto", 0},
+		{pgbouncer.SessionMode, "cache_statement", 0},
+	} {
+		t.Run(string(tc.pool)+"/"+tc.execMode, func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.NewDB(t)
+			pgtest.Opaque(t, 5*time.Minute) // the command works on its own pool, unseen by the watchdog
+			cfg, err := pgx.ParseConfig(db.DSN)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
+			// Session mode needs a server connection per client connection: the demo's 4 workers plus two.
+			size := 3
+			if tc.pool == pgbouncer.SessionMode {
+				size = 6
+			}
+			b := pgbouncer.Start(t, pgbouncer.Config{ServerHost: cfg.Host, ServerPort: int(cfg.Port), PoolMode: tc.pool, PoolSize: size})
+			code, out, stderr := pgcc(t, "demo", "-dsn", b.DSN(db.Name), "-workers", "4", "-ops", "40", "-think", "1ms", "-exec-mode", tc.execMode)
+			if code != tc.wantCode {
+				t.Fatalf("exit %d, want %d; stderr %q\n%s", code, tc.wantCode, stderr, out)
+			}
+			if tc.wantCode != 0 {
+				t.Logf("refused: %q", stderr)
+				return
+			}
+			if tc.execMode == "auto" && !strings.Contains(stderr, "behind a connection pooler") {
+				t.Errorf("auto did not notice the pooler: %q", stderr)
+			}
+			for _, st := range []string{"optimistic", "pessimistic", "nowait", "serializable", "advisory"} {
+				for _, l := range strings.Split(out, "\n") {
+					if strings.HasPrefix(l, st+" ") { // the table's row, before the explanations
+						if !strings.HasSuffix(strings.TrimSpace(l), "exact") {
+							t.Errorf("%s: %q, want exact", st, l)
+						}
+						break
+					}
+				}
+			}
+		})
 	}
-	code, _, stderr = pgcc(t, "demo", "-dsn", b.DSN(db.Name), "-workers", "4", "-ops", "60", "-think", "1ms", "-exec-mode", "cache_statement")
-	if code != 1 {
-		t.Errorf("cache_statement through transaction pooling: exit %d, stderr %q; want 1", code, stderr)
-	}
-	t.Logf("forced cache_statement: %q", stderr)
 }
 
 // TestBench runs a two-second bench on small sizes and checks the report: invariant column, JSON, plots.

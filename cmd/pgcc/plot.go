@@ -52,6 +52,9 @@ func writePlots(r *bench.Report, dir, format string) ([]string, error) {
 					lines = append(lines, string(st), pts)
 				}
 			}
+			if ref := singleStatementReference(r, w); m.name == "throughput" && len(ref) > 0 {
+				lines = append(lines, "pgbench single-statement UPDATE", ref)
+			}
 			if len(lines) == 0 {
 				continue
 			}
@@ -92,4 +95,24 @@ func writePlots(r *bench.Report, dir, format string) ([]string, error) {
 		}
 	}
 	return files, nil
+}
+
+// singleStatementReference is the throughput of pgbench's single-statement UPDATE per worker count, the
+// reference line of the hot-row strategies: the pgbench twin of the atomic and combined cells (the same
+// script), when it ran.
+func singleStatementReference(r *bench.Report, w bench.Workload) plotter.XYs {
+	tps := map[int]float64{}
+	for _, c := range r.Cells {
+		if c.Workload == w && (c.Strategy == bench.Atomic || c.Strategy == bench.Combined) && c.Pgbench != nil && c.Pgbench.TPS > 0 {
+			if _, seen := tps[c.Workers]; !seen || c.Strategy == bench.Atomic {
+				tps[c.Workers] = c.Pgbench.TPS
+			}
+		}
+	}
+	var pts plotter.XYs
+	for n, v := range tps {
+		pts = append(pts, plotter.XY{X: float64(n), Y: v})
+	}
+	sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
+	return pts
 }

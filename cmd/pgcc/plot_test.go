@@ -35,3 +35,21 @@ func TestPlotsPNG(t *testing.T) {
 		t.Errorf("gif: err = %v", err)
 	}
 }
+
+func TestPlotsSingleStatementReference(t *testing.T) {
+	t.Parallel()
+	rep := &bench.Report{}
+	rep.Config.Workloads = []bench.Workload{bench.Hot}
+	rep.Config.Strategies = []bench.Strategy{bench.Combined, bench.Atomic}
+	for _, w := range []int{8, 64} {
+		rep.Cells = append(rep.Cells,
+			bench.Cell{Workload: bench.Hot, Strategy: bench.Combined, Workers: w, Goodput: 5000, P99: 80, Pgbench: &bench.PgbenchResult{TPS: 120}},
+			bench.Cell{Workload: bench.Hot, Strategy: bench.Atomic, Workers: w, Goodput: 160, P99: 900, Pgbench: &bench.PgbenchResult{TPS: 110}})
+	}
+	if ref := singleStatementReference(rep, bench.Hot); len(ref) != 2 || ref[0].X != 8 || ref[1].Y != 110 {
+		t.Fatalf("reference = %v, want the atomic cells' pgbench tps at 8 and 64 workers", ref)
+	}
+	if files, err := writePlots(rep, t.TempDir(), "svg"); err != nil || len(files) != 2 {
+		t.Fatalf("files %v, err %v", files, err)
+	}
+}

@@ -124,6 +124,8 @@ type Config struct {
 	Pgbench string
 	// Seed makes the key choices reproducible.
 	Seed uint64
+	// HotKeys is how many of the most contended rows each cell reports (Cell.HotKeys).
+	HotKeys int
 	// Progress, when not nil, receives a live progress line (carriage-return refreshed) while cells run.
 	Progress io.Writer
 }
@@ -135,6 +137,7 @@ func DefaultConfig() Config {
 		Strategies:  slices.Clone(allStrategies),
 		Workers:     []int{1, 8, 32},
 		Rows:        1000,
+		HotKeys:     5,
 		Skew:        1.1,
 		Duration:    3 * time.Second,
 		Think:       0,
@@ -181,6 +184,8 @@ func (c *Config) Validate() error {
 	case !(c.Skew > 1 && c.Skew <= maxSkew):
 		// Written so that NaN fails too; +Inf would make the Zipf generator loop forever.
 		return bad("skew %v: the Zipf exponent must be in (1, %v]", c.Skew, maxSkew)
+	case c.HotKeys < 0 || c.HotKeys > 1000:
+		return bad("hot keys %d: want 0..1000", c.HotKeys)
 	case c.Ops < 0 || c.Ops > maxOps:
 		return bad("ops %d: want 0..%d", c.Ops, maxOps)
 	case c.Duration < 0 || c.Duration > maxDuration:

@@ -52,6 +52,11 @@ type Cell struct {
 	// for every pgcc strategy.
 	Invariant  string `json:"invariant"`
 	Violations int64  `json:"violations"`
+	// HotKeys are the rows with the most contention (Config.HotKeys of them), and AttemptsHistogram[n] the
+	// number of operations that made n attempts, both gathered through the pgcc.Observer hooks; empty for the
+	// naive strategy, which attaches none.
+	HotKeys           []HotKey `json:"hot_keys,omitempty"`
+	AttemptsHistogram []int64  `json:"attempts_histogram,omitempty"`
 	// Pgbench is the equivalent pgbench script's result, when pgbench ran.
 	Pgbench *PgbenchResult `json:"pgbench,omitempty"`
 }
@@ -99,6 +104,8 @@ type env struct {
 	// advisoryNS namespaces the advisory keys of this run.
 	advisoryNS string
 	sql        statements
+	// obs is attached to every transaction and table of the strategies; reset for each cell.
+	obs *observer
 }
 
 // statements are the hand-written statements of the naive and serializable strategies and of the checks.
@@ -108,11 +115,12 @@ type statements struct {
 }
 
 func newEnv(cfg Config, pool *pgxpool.Pool, schema string) (*env, error) {
-	items, err := repo.NewTable[item]("items", repo.InSchema(schema))
+	obs := newObserver()
+	items, err := repo.NewTable[item]("items", repo.InSchema(schema), repo.WithObserver(obs))
 	if err != nil {
 		return nil, err
 	}
-	jobs, err := repo.NewTable[job]("jobs", repo.InSchema(schema))
+	jobs, err := repo.NewTable[job]("jobs", repo.InSchema(schema), repo.WithObserver(obs))
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +135,7 @@ func newEnv(cfg Config, pool *pgxpool.Pool, schema string) (*env, error) {
 	it := pgx.Identifier{schema, "items"}.Sanitize()
 	jb := pgx.Identifier{schema, "jobs"}.Sanitize()
 	return &env{
-		cfg: cfg, pool: pool, schema: schema, items: items, jobs: jobs, combiner: combiner, counters: counters,
+		cfg: cfg, pool: pool, schema: schema, items: items, jobs: jobs, combiner: combiner, counters: counters, obs: obs,
 		advisoryNS: "pgcc-bench/" + schema,
 		sql: statements{
 			selectValues: `SELECT id, value FROM ` + it + ` WHERE id = ANY($1)`,
@@ -204,6 +212,8 @@ type opStats struct {
 	retries, errors map[string]int64
 	sample          string
 	latencies       []time.Duration
+	// writes counts the committed operations per row key.
+	writes map[int64]int64
 }
 
 func (s *opStats) retry(err error) {
@@ -245,6 +255,7 @@ func (e *env) retryOptions(s *opStats, extra ...txn.Option) []txn.Option {
 		txn.WithMaxAttempts(e.cfg.MaxAttempts),
 		txn.WithBackoff(txn.Backoff{Base: e.cfg.BackoffBase, Cap: e.cfg.BackoffCap}),
 		txn.OnRetry(func(_ int, err error, _ time.Duration) { s.attempts++; s.retry(err) }),
+		txn.WithObserver(e.obs),
 	}, extra...)
 }
 
@@ -326,6 +337,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	if err != nil {
 		return Cell{}, err
 	}
+	e.obs.reset()
 	rowsN := e.cfg.Rows
 	if w == Hot {
 		rowsN = 1
@@ -343,7 +355,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	rowOp, queueOp := e.strategy(st)
 	start := time.Now()
 	for i := range workers {
-		s := &opStats{retries: map[string]int64{}, errors: map[string]int64{}}
+		s := &opStats{retries: map[string]int64{}, errors: map[string]int64{}, writes: map[int64]int64{}}
 		all[i] = s
 		ch := newChooser(e.cfg, w, i)
 		wg.Add(1)
@@ -370,6 +382,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 					if err == nil {
 						for j, k := range c.keys {
 							expected[k-1].Add(deltas[j])
+							s.writes[k]++
 						}
 					}
 				}
@@ -431,7 +444,11 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	cell := Cell{Workload: w, Strategy: st, Workers: workers, Seconds: elapsed.Seconds(), Invariant: invariantName(w),
 		Retries: map[string]int64{}, Errors: map[string]int64{}}
 	var lat []time.Duration
+	writes := map[int64]int64{}
 	for _, s := range all {
+		for k, n := range s.writes {
+			writes[k] += n
+		}
 		cell.Ops += s.committed
 		cell.Rejected += s.rejected
 		cell.Attempts += s.attempts
@@ -450,6 +467,8 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 	if cell.Ops > 0 {
 		cell.AttemptsPerOp = float64(cell.Attempts) / float64(cell.Ops)
 	}
+	cell.HotKeys = e.obs.hotKeys(e.items.Identifier().Sanitize(), writes, e.cfg.HotKeys)
+	cell.AttemptsHistogram = e.obs.histogram()
 	slices.Sort(lat)
 	cell.P50, cell.P95, cell.P99 = pct(lat, 0.50), pct(lat, 0.95), pct(lat, 0.99)
 	cell.Violations, err = e.check(ctx, w, st, initial, expected)

@@ -83,10 +83,12 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 	}
 
 	schema := newSchemaName()
+	// Dropped even when setup fails: a context that ends while the server creates the schema can leave it
+	// created with the error reported.
+	defer func() { _ = teardown(ctx, pool, schema) }()
 	if err := setup(ctx, pool, schema); err != nil {
 		return nil, err
 	}
-	defer func() { _ = teardown(ctx, pool, schema) }()
 	e, err := newEnv(cfg, pool, schema)
 	if err != nil {
 		return nil, err

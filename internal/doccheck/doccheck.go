@@ -95,7 +95,7 @@ var inlineCode = regexp.MustCompile("`([^`]+)`")
 
 // memberRef matches pkg.Name and pkg.Type.Method at the start of a span, with an optional type argument list
 // or call after it.
-var memberRef = regexp.MustCompile(`^\*?(pgcc|txn|repo|lock|lease|migrations|pgcctest)\.([A-Z]\w*)(?:\[[^\]]*\])?(?:\.([A-Z]\w*))?`)
+var memberRef = regexp.MustCompile(`^\*?(pgcc|txn|repo|lock|lease|counter|migrations|pgcctest)\.([A-Z]\w*)(?:\[[^\]]*\])?(?:\.([A-Z]\w*))?`)
 
 // Packages are the import paths of the packages whose members docs may name, by package name.
 var Packages = map[string]string{
@@ -104,6 +104,7 @@ var Packages = map[string]string{
 	"repo":       "github.com/pgcc/pgcc/repo",
 	"lock":       "github.com/pgcc/pgcc/lock",
 	"lease":      "github.com/pgcc/pgcc/lease",
+	"counter":    "github.com/pgcc/pgcc/counter",
 	"migrations": "github.com/pgcc/pgcc/migrations",
 	"pgcctest":   "github.com/pgcc/pgcc/pgcctest",
 }

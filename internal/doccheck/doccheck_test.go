@@ -24,6 +24,8 @@ var imports = []string{
 	// imports it, `go list -export` only builds its export data.
 	"github.com/pgcc/pgcc/pgcctest", "testing", "net/http/httptest",
 	"github.com/pgcc/pgcc/counter",
+	// otel is a module of its own too (the OpenTelemetry adapter), resolved the same way.
+	"github.com/pgcc/pgcc/otel", "sync",
 }
 
 func TestDocumentationCompiles(t *testing.T) {

@@ -74,6 +74,8 @@ type Request struct {
 type Config struct {
 	Timeout time.Duration
 	Diag    pgcc.DBTX
+	// Obs receives a pgcc.LockWaitEvent for each request; its Observer is nil when nothing observes.
+	Obs pgcc.Observation
 }
 
 // SQL that bounds one statement: it computes the lock_timeout to use from the explicit timeout ($1, 0 for
@@ -135,6 +137,16 @@ func pgConnOf(q Querier) *pgconn.PgConn {
 // statement goes through q itself, not its connection, so that a transaction that has not sent BEGIN yet
 // sends it in the same round trip.
 func Run(ctx context.Context, cfg Config, q Querier, req Request) error {
+	if cfg.Obs.Observer == nil {
+		return run(ctx, cfg, q, req)
+	}
+	start := time.Now()
+	err := run(ctx, cfg, q, req)
+	observe(ctx, cfg, req, err, time.Since(start))
+	return err
+}
+
+func run(ctx context.Context, cfg Config, q Querier, req Request) error {
 	if err := ctx.Err(); err != nil {
 		return notSent(req, context.Cause(ctx))
 	}
@@ -183,7 +195,7 @@ func Run(ctx context.Context, cfg Config, q Querier, req Request) error {
 			return nil
 		}
 		// Granted, but the connection (and with it the lock and the transaction) is gone.
-		return Fail(ctx, cfg, req, errConnClosed, cause, time.Since(start), int(s.pid))
+		return fail(ctx, cfg, req, errConnClosed, cause, time.Since(start), int(s.pid))
 	}
 	switch code := pgcc.SQLState(err); {
 	case code == pgerrcode.LockNotAvailable:
@@ -200,7 +212,7 @@ func Run(ctx context.Context, cfg Config, q Querier, req Request) error {
 	default:
 		return err
 	}
-	return Fail(ctx, cfg, req, err, cause, time.Since(start), int(s.pid))
+	return fail(ctx, cfg, req, err, cause, time.Since(start), int(s.pid))
 }
 
 // errConnClosed reports a lock granted on a connection that had to be closed afterwards.
@@ -383,6 +395,14 @@ func notSent(req Request, cause error) error {
 // Fail builds the LockError for a request that was not granted after waiting for waited (err is nil for a
 // failed try-lock) and, when cfg asks for it, looks up who holds the lock, excluding the backend self.
 func Fail(ctx context.Context, cfg Config, req Request, err, cause error, waited time.Duration, self int) error {
+	ferr := fail(ctx, cfg, req, err, cause, waited, self)
+	if cfg.Obs.Observer != nil {
+		observe(ctx, cfg, req, ferr, waited)
+	}
+	return ferr
+}
+
+func fail(ctx context.Context, cfg Config, req Request, err, cause error, waited time.Duration, self int) error {
 	e := &pgcc.LockError{Err: err, Cause: cause, Waited: waited}
 	req.Describe(e)
 	if cfg.Diag != nil && req.Blockers != nil {
@@ -391,4 +411,33 @@ func Fail(ctx context.Context, cfg Config, req Request, err, cause error, waited
 		e.Blockers, e.DiagnosticsErr = req.Blockers(dctx, cfg.Diag, self)
 	}
 	return e
+}
+
+// observe reports a request's result err (nil when granted) to cfg's observer.
+func observe(ctx context.Context, cfg Config, req Request, err error, waited time.Duration) {
+	ev := pgcc.LockWaitEvent{Label: cfg.Obs.Label, Wait: waited, Err: err, Outcome: pgcc.LockAcquired}
+	var le *pgcc.LockError
+	if errors.As(err, &le) {
+		ev.Table, ev.KeyColumns, ev.Keys, ev.Advisory, ev.Blockers = le.Table, le.KeyColumns, le.Keys, le.Advisory, le.Blockers
+		switch {
+		case le.Cause != nil:
+			ev.Outcome = pgcc.LockInterrupted
+		case pgcc.SQLState(le.Err) == pgerrcode.DeadlockDetected:
+			ev.Outcome = pgcc.LockDeadlock
+		case le.Err == nil || pgcc.SQLState(le.Err) == pgerrcode.LockNotAvailable:
+			ev.Outcome = pgcc.LockNotAvailable
+		default:
+			ev.Outcome = pgcc.LockFailed
+		}
+	} else {
+		var d pgcc.LockError
+		if req.Describe != nil {
+			req.Describe(&d)
+		}
+		ev.Table, ev.KeyColumns, ev.Keys, ev.Advisory = d.Table, d.KeyColumns, d.Keys, d.Advisory
+		if err != nil {
+			ev.Outcome = pgcc.LockFailed
+		}
+	}
+	cfg.Obs.Observer.ObserveLockWait(ctx, ev)
 }
