@@ -17,7 +17,7 @@ type managed struct {
 	parent *managed
 	// top is set (non-nil) on the transaction Run began itself, the only one whose COMMIT is a real commit,
 	// and points to the observer and label of that Run, for packages repo, lock and lease: to unobserved
-	// when it has none. A pointer rather than a bool and a pgcc.Observation keeps managed at 80 bytes.
+	// when it has none. A pointer rather than a bool and a pgcc.Observation keeps managed small.
 	top      *pgcc.Observation
 	commit   []func(context.Context)
 	rollback []func()
