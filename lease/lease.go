@@ -315,7 +315,7 @@ func Guard(ctx context.Context, tx pgx.Tx, name string, token int64, opts ...Gua
 		},
 	}
 	obs := pgcc.ObservationOf(tx, cfg.observer)
-	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag, Obs: obs}, tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, lockwait.Config{Timeout: cfg.timeout, Diag: cfg.diag, Obs: obs}, tx, req); err != nil {
 		return wrap(err)
 	}
 	if !found || e.Current != token || e.Expired {

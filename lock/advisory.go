@@ -90,7 +90,7 @@ func XactLock(ctx context.Context, tx pgx.Tx, key pgcc.AdvisoryKey, opts ...Opti
 		}
 		return err
 	}
-	return lockwait.Run(ctx, cfg.bounds(tx), tx.Conn(), advisoryRequest(key, xactSQL(cfg.strength == ForShare, false), true))
+	return lockwait.Run(ctx, cfg.bounds(tx), tx, advisoryRequest(key, xactSQL(cfg.strength == ForShare, false), true))
 }
 
 // TryXactLock takes the advisory lock key for the rest of tx if it is free and reports whether it did; it

@@ -54,7 +54,7 @@ func Rows(ctx context.Context, tx pgx.Tx, t Table, keys []pgcc.Key, opts ...Opti
 		}
 		return rows.Err()
 	}
-	if err := lockwait.Run(ctx, cfg.bounds(tx), tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, cfg.bounds(tx), tx, req); err != nil {
 		return nil, err
 	}
 	locked := make([]pgcc.Key, 0, len(keys))
@@ -83,7 +83,7 @@ func Row(ctx context.Context, tx pgx.Tx, t Table, key pgcc.Key, opts ...Option) 
 		found = rows.Next()
 		return rows.Err()
 	}
-	if err := lockwait.Run(ctx, cfg.bounds(tx), tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, cfg.bounds(tx), tx, req); err != nil {
 		return err
 	}
 	if !found {
@@ -123,7 +123,7 @@ func Load[T any](ctx context.Context, tx pgx.Tx, t TableOf[T], keys []pgcc.Key, 
 		}
 		return rows.Err()
 	}
-	if err := lockwait.Run(ctx, cfg.bounds(tx), tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, cfg.bounds(tx), tx, req); err != nil {
 		return nil, err
 	}
 	if err := d.missing(cfg, keys, found); err != nil {
@@ -240,7 +240,7 @@ func selectRows[T any](ctx context.Context, tx pgx.Tx, t TableOf[T], cfg *config
 			return lockwait.RowBlockersFrom(ctx, db, self, d.ident, xmax, cfg.whereArgs)
 		},
 	}
-	if err := lockwait.Run(ctx, cfg.bounds(tx), tx.Conn(), req); err != nil {
+	if err := lockwait.Run(ctx, cfg.bounds(tx), tx, req); err != nil {
 		return nil, err
 	}
 	return out, nil

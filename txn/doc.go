@@ -14,6 +14,13 @@
 // It commits when fn returns nil and rolls back when fn returns an error or panics. [RunValue] does the same
 // for a function that returns a value.
 //
+// # Round trips
+//
+// Across a network, a transaction's latency, and how long it holds its row locks, are counted in round trips.
+// Run sends BEGIN in the same round trip as fn's first statement, and [Final] queues fn's last write to
+// travel with COMMIT: a read-then-write transaction costs two round trips, half of what BEGIN, read, write,
+// COMMIT sent one by one cost. docs/latency.md has the measurements.
+//
 // # What is retried
 //
 // PostgreSQL aborts a transaction with SQLSTATE 40001 (serialization_failure) when, under REPEATABLE READ or

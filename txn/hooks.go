@@ -17,10 +17,11 @@ type managed struct {
 	parent *managed
 	// top is set (non-nil) on the transaction Run began itself, the only one whose COMMIT is a real commit,
 	// and points to the observer and label of that Run, for packages repo, lock and lease: to unobserved
-	// when it has none. A pointer rather than a bool and a pgcc.Observation keeps managed at 80 bytes.
+	// when it has none. A pointer rather than a bool and a pgcc.Observation keeps managed small.
 	top      *pgcc.Observation
 	commit   []func(context.Context)
 	rollback []func()
+	final    []finalWrite // writes to send with COMMIT ([Final])
 }
 
 // unobserved is the observation of a Run without observer. It is never written.
@@ -98,6 +99,16 @@ func managedOf(tx pgx.Tx, what string) (*managed, error) {
 		return nil, fmt.Errorf("%w: %s needs the pgx.Tx that txn.Run gave its function, not a %T", pgcc.ErrInvalidArgument, what, tx)
 	}
 	return m, nil
+}
+
+// PendingConn returns tx's connection without sending BEGIN, which Conn would send on a transaction that has
+// not begun: for internal/lockwait, which needs the connection only to cancel a statement it sends through
+// the transaction itself (and with it, BEGIN).
+func (m *managed) PendingConn() *pgx.Conn {
+	if l, ok := m.Tx.(*lazyTx); ok {
+		return l.conn
+	}
+	return m.Tx.Conn()
 }
 
 func (m *managed) root() *managed {

@@ -660,30 +660,6 @@ func TestLockTimeout(t *testing.T) {
 	}
 }
 
-// TestNoExtraRoundTrip counts the statements Run sends: BEGIN (with its SET LOCALs), fn's, COMMIT.
-func TestNoExtraRoundTrip(t *testing.T) {
-	t.Parallel()
-	tracer := &countingTracer{}
-	_, pool := setup(t, 1, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
-	ctx := context.Background()
-	for _, opts := range [][]txn.Option{
-		nil,
-		{txn.WithIsolation(pgx.Serializable), txn.WithLockTimeout(time.Second), txn.WithStatementTimeout(time.Second)},
-	} {
-		tracer.n.Store(0)
-		err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
-			return err
-		}, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := tracer.n.Load(); got != 3 {
-			t.Errorf("with %d options: %d statements sent, want 3 (BEGIN, UPDATE, COMMIT)", len(opts), got)
-		}
-	}
-}
-
 type countingTracer struct{ n atomic.Int64 }
 
 func (c *countingTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {

@@ -109,19 +109,44 @@ type sent struct {
 	pid        int32 // the backend's pid, 0 if not asked
 }
 
-// Run sends the lock statement on conn, bounded by ctx and cfg. It returns nil, a *pgcc.LockError for a lock that
-// was not granted (or a context that ended), or the database's error unchanged for anything else.
-func Run(ctx context.Context, cfg Config, conn *pgx.Conn, req Request) error {
+// Querier is where a lock statement is sent: a transaction (a pgx.Tx) or a connection (a *pgx.Conn).
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// pendingConn is a transaction whose BEGIN may not have been sent yet (txn.Run's, which sends BEGIN with the
+// first statement): PendingConn returns its connection without sending anything, where Conn would begin.
+type pendingConn interface{ PendingConn() *pgx.Conn }
+
+// pgConnOf is the connection q sends on, for cancel requests.
+func pgConnOf(q Querier) *pgconn.PgConn {
+	switch q := q.(type) {
+	case interface{ PgConn() *pgconn.PgConn }:
+		return q.PgConn()
+	case pendingConn:
+		return q.PendingConn().PgConn()
+	case interface{ Conn() *pgx.Conn }:
+		return q.Conn().PgConn()
+	}
+	return nil
+}
+
+// Run sends the lock statement through q, bounded by ctx and cfg. It returns nil, a *pgcc.LockError for a lock
+// that was not granted (or a context that ended), or the database's error unchanged for anything else. The
+// statement goes through q itself, not its connection, so that a transaction that has not sent BEGIN yet
+// sends it in the same round trip.
+func Run(ctx context.Context, cfg Config, q Querier, req Request) error {
 	if cfg.Obs.Observer == nil {
-		return run(ctx, cfg, conn, req)
+		return run(ctx, cfg, q, req)
 	}
 	start := time.Now()
-	err := run(ctx, cfg, conn, req)
+	err := run(ctx, cfg, q, req)
 	observe(ctx, cfg, req, err, time.Since(start))
 	return err
 }
 
-func run(ctx context.Context, cfg Config, conn *pgx.Conn, req Request) error {
+func run(ctx context.Context, cfg Config, q Querier, req Request) error {
 	if err := ctx.Err(); err != nil {
 		return notSent(req, context.Cause(ctx))
 	}
@@ -140,7 +165,7 @@ func run(ctx context.Context, cfg Config, conn *pgx.Conn, req Request) error {
 	}
 	wantPID := cfg.Diag != nil && req.Blockers != nil
 
-	pg := conn.PgConn()
+	pg := pgConnOf(q)
 	qctx, stop := ctx, func() watched { return watched{} }
 	if ctx.Done() != nil {
 		qctx, stop = watch(ctx, pg, b.deadline > 0)
@@ -148,9 +173,9 @@ func run(ctx context.Context, cfg Config, conn *pgx.Conn, req Request) error {
 	var s sent
 	var err error
 	if b.set() || wantPID {
-		s, err = runBatch(qctx, conn, req, b)
+		s, err = runBatch(qctx, q, req, b)
 	} else {
-		err = runPlain(qctx, conn, req)
+		err = runPlain(qctx, q, req)
 	}
 	w := stop()
 	closed := false
@@ -201,8 +226,8 @@ func Millis(d time.Duration) int64 {
 	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }
 
-func runPlain(ctx context.Context, conn *pgx.Conn, req Request) error {
-	rows, err := conn.Query(ctx, req.SQL, req.Args...)
+func runPlain(ctx context.Context, q Querier, req Request) error {
+	rows, err := q.Query(ctx, req.SQL, req.Args...)
 	if err != nil {
 		return err
 	}
@@ -211,7 +236,7 @@ func runPlain(ctx context.Context, conn *pgx.Conn, req Request) error {
 
 // runBatch sends, in one round trip, the bounding statement (or only a pid query), the lock statement and,
 // inside the caller's transaction, the statement restoring lock_timeout.
-func runBatch(ctx context.Context, conn *pgx.Conn, req Request, b bounds) (sent, error) {
+func runBatch(ctx context.Context, q Querier, req Request, b bounds) (sent, error) {
 	var s sent
 	batch := &pgx.Batch{}
 	switch {
@@ -227,7 +252,7 @@ func runBatch(ctx context.Context, conn *pgx.Conn, req Request, b bounds) (sent,
 	if restore {
 		batch.Queue(restoreLockTimeout)
 	}
-	br := conn.SendBatch(ctx, batch)
+	br := q.SendBatch(ctx, batch)
 	var err error
 	if b.set() {
 		var saved, set string
