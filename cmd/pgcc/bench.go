@@ -39,6 +39,7 @@ func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
 	fs.StringVar(&workloads, "workloads", "all", "comma-separated: hot, uniform, zipf, bank, inventory, queue, or all")
 	fs.StringVar(&strategies, "strategies", "all", "comma-separated: naive, optimistic, pessimistic, nowait, serializable, advisory, combined, atomic, slotted; all (the first six) or hot (the last three)")
 	fs.StringVar(&workers, "workers", "1,8,32", "comma-separated concurrency levels")
+	fs.IntVar(&o.cfg.Clients, "clients", 0, "also run each combined cell with its workers split over N independent clients (own pool and combiner each, as N processes would have); 0 or 1: not")
 	fs.IntVar(&o.cfg.Rows, "rows", o.cfg.Rows, "rows of uniform, zipf, bank and inventory; jobs of queue")
 	fs.Float64Var(&o.cfg.Skew, "skew", o.cfg.Skew, "Zipf exponent (> 1) of zipf and inventory")
 	fs.DurationVar(&o.cfg.Duration, "duration", o.cfg.Duration, "time per cell")

@@ -58,6 +58,8 @@ func TestParseBench(t *testing.T) {
 		{name: "think and pgbench off", args: []string{"-think", "1ms", "-pgbench", "off"}, check: func(o *benchOptions) bool {
 			return o.cfg.Think == time.Millisecond && o.cfg.Pgbench == ""
 		}},
+		{name: "clients", args: []string{"-clients", "2"}, check: func(o *benchOptions) bool { return o.cfg.Clients == 2 }},
+		{name: "clients huge", args: []string{"-clients", "1000"}, wantErr: "clients"},
 		{name: "svg", args: []string{"-plot-format", "svg"}, check: func(o *benchOptions) bool { return o.plotFormat == "svg" }},
 		{name: "unknown workload", args: []string{"-workloads", "hot,lukewarm"}, wantErr: `unknown workload "lukewarm"`},
 		{name: "unknown strategy", args: []string{"-strategies", "yolo"}, wantErr: `unknown strategy "yolo"`},

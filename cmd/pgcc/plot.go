@@ -41,15 +41,26 @@ func writePlots(r *bench.Report, dir, format string) ([]string, error) {
 			p.Legend.Top = true
 			var lines []any
 			for _, st := range r.Config.Strategies {
-				var pts plotter.XYs
-				for _, c := range r.Cells {
-					if c.Workload == w && c.Strategy == st {
-						pts = append(pts, plotter.XY{X: float64(c.Workers), Y: m.value(c)})
+				// One line for the strategy's ordinary cells and, with -clients, one for its cells over
+				// several clients.
+				for _, clients := range []int{0, r.Config.Clients} {
+					var pts plotter.XYs
+					for _, c := range r.Cells {
+						if c.Workload == w && c.Strategy == st && c.Clients == clients {
+							pts = append(pts, plotter.XY{X: float64(c.Workers), Y: m.value(c)})
+						}
 					}
-				}
-				sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
-				if len(pts) > 0 {
-					lines = append(lines, string(st), pts)
+					sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
+					name := string(st)
+					if clients > 1 {
+						name = fmt.Sprintf("%s, %d clients", st, clients)
+					}
+					if len(pts) > 0 {
+						lines = append(lines, name, pts)
+					}
+					if r.Config.Clients <= 1 {
+						break
+					}
 				}
 			}
 			if ref := singleStatementReference(r, w); m.name == "throughput" && len(ref) > 0 {

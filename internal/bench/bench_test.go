@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os/exec"
 	"slices"
 	"strings"
@@ -169,6 +170,7 @@ func TestValidate(t *testing.T) {
 		{"no duration", func(c *bench.Config) { c.Duration = 0 }},
 		{"no attempts", func(c *bench.Config) { c.MaxAttempts = 0 }},
 		{"stock", func(c *bench.Config) { c.Stock = 0 }},
+		{"clients", func(c *bench.Config) { c.Clients = -1 }},
 	} {
 		cfg := bench.DefaultConfig()
 		tt.edit(&cfg)
@@ -230,5 +232,48 @@ func TestHotStrategies(t *testing.T) {
 		if c.Workload == bench.Inventory && c.Rejected < int64(cfg.Ops)-int64(cfg.Rows)*cfg.Stock {
 			t.Errorf("%s/%s: %d sales refused of %d on a stock of %d×%d", c.Workload, c.Strategy, c.Rejected, c.Ops, cfg.Rows, cfg.Stock)
 		}
+	}
+}
+
+// TestClients runs the combined strategy with its workers split over two independent clients (pool and
+// combiner each) next to its ordinary cell: the twin cell is added for combined only, is labelled with its
+// clients, and keeps the invariant exactly on the counter and on a stock that sells out.
+func TestClients(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, 6)
+	cfg := bench.DefaultConfig()
+	cfg.Workloads = []bench.Workload{bench.Hot, bench.Inventory}
+	cfg.Strategies = []bench.Strategy{bench.Combined, bench.Atomic}
+	cfg.Workers = []int{4}
+	cfg.Clients = 2
+	cfg.Rows = 3
+	cfg.Ops = 120
+	cfg.Duration = 0
+	cfg.Stock = 10
+	cfg.Pgbench = ""
+	rep, err := bench.Run(context.Background(), pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range rep.Cells {
+		got = append(got, fmt.Sprintf("%s/%s/%d", c.Workload, c.Strategy, c.Clients))
+		if c.Violations != 0 || len(c.Errors) != 0 || c.Ops != int64(cfg.Ops) {
+			t.Errorf("%s/%s/%d clients: %d ops, %d %s, errors %v (%s)", c.Workload, c.Strategy, c.Clients, c.Ops, c.Violations, c.Invariant, c.Errors, c.ErrorSample)
+		}
+		if c.Workload == bench.Inventory && c.Rejected < int64(cfg.Ops)-int64(cfg.Rows)*cfg.Stock {
+			t.Errorf("%s/%s/%d clients: %d sales refused of %d on a stock of %d×%d", c.Workload, c.Strategy, c.Clients, c.Rejected, c.Ops, cfg.Rows, cfg.Stock)
+		}
+	}
+	want := []string{"hot/combined/0", "hot/combined/2", "hot/atomic/0", "inventory/combined/0", "inventory/combined/2", "inventory/atomic/0"}
+	if !slices.Equal(got, want) {
+		t.Errorf("cells = %v, want %v", got, want)
+	}
+	var buf strings.Builder
+	if err := rep.WriteTable(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "combined/2c") {
+		t.Errorf("table does not name the two-client cells:\n%s", buf.String())
 	}
 }

@@ -126,6 +126,10 @@ type Config struct {
 	Seed uint64
 	// HotKeys is how many of the most contended rows each cell reports (Cell.HotKeys).
 	HotKeys int
+	// Clients, when above 1, adds after each combined cell a twin cell whose workers are split over Clients
+	// independent clients, each with its own pool and its own repo.Combiner, as Clients processes would
+	// have: their batches meet only at the row's lock and version (Cell.Clients). 0 or 1: no twin cells.
+	Clients int
 	// Progress, when not nil, receives a live progress line (carriage-return refreshed) while cells run.
 	Progress io.Writer
 }
@@ -162,6 +166,7 @@ const (
 	maxAttempts = 1_000_000
 	maxBackoff  = time.Minute
 	maxStock    = 1 << 40
+	maxClients  = 64
 )
 
 func (c *Config) Validate() error {
@@ -198,6 +203,8 @@ func (c *Config) Validate() error {
 		return bad("max attempts %d: want 1..%d", c.MaxAttempts, maxAttempts)
 	case c.BackoffBase <= 0 || c.BackoffCap < c.BackoffBase || c.BackoffCap > maxBackoff:
 		return bad("backoff base %v, cap %v: need 0 < base <= cap <= %v", c.BackoffBase, c.BackoffCap, maxBackoff)
+	case c.Clients < 0 || c.Clients > maxClients:
+		return bad("clients %d: want 0..%d", c.Clients, maxClients)
 	case c.Stock < 1 || c.Stock > maxStock:
 		return bad("stock %d: want 1..%d", c.Stock, maxStock)
 	}

@@ -28,6 +28,9 @@ type Cell struct {
 	Workload Workload `json:"workload"`
 	Strategy Strategy `json:"strategy"`
 	Workers  int      `json:"workers"`
+	// Clients, when above 1, is the number of independent clients (pool and combiner each) the workers
+	// were split over (Config.Clients); 0 for an ordinary cell.
+	Clients int `json:"clients,omitempty"`
 	// Ops is the number of operations that committed (Rejected of them changed nothing: a sold-out item).
 	Ops      int64 `json:"ops"`
 	Rejected int64 `json:"rejected,omitempty"`
@@ -331,11 +334,50 @@ func (e *env) reset(ctx context.Context, w Workload) (initial int64, err error) 
 	return initial, nil
 }
 
-// runCell runs one cell and checks its invariant.
-func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int, progress func(committed, retries int64)) (Cell, error) {
+// clientEnvs returns n copies of e, each with its own pool of conns connections (configured as e's) and its
+// own combiner: independent clients, as n processes would be. closeAll closes their pools.
+func (e *env) clientEnvs(ctx context.Context, n, conns int) (envs []*env, closeAll func(), err error) {
+	closeAll = func() {
+		for _, c := range envs {
+			c.pool.Close()
+		}
+	}
+	for range n {
+		pc := e.pool.Config().Copy()
+		pc.MaxConns = int32(conns)
+		pc.MinConns = 0
+		p, err := pgxpool.NewWithConfig(ctx, pc)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("pgcc bench: client pool: %w", err)
+		}
+		c := *e
+		c.pool = p
+		envs = append(envs, &c)
+		if c.combiner, err = e.items.Combine(p); err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+	}
+	return envs, closeAll, nil
+}
+
+// runCell runs one cell and checks its invariant. clients above 1 splits the workers over that many
+// independent clients (see [Config.Clients]).
+func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers, clients int, progress func(committed, retries int64)) (Cell, error) {
 	initial, err := e.reset(ctx, w)
 	if err != nil {
 		return Cell{}, err
+	}
+	envs := []*env{e}
+	if clients > 1 {
+		var closeClients func()
+		if envs, closeClients, err = e.clientEnvs(ctx, clients, (workers+clients-1)/clients+2); err != nil {
+			return Cell{}, err
+		}
+		defer closeClients()
+	} else {
+		clients = 0
 	}
 	e.obs.reset()
 	rowsN := e.cfg.Rows
@@ -352,9 +394,9 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 		all       = make([]*opStats, workers)
 	)
 	remaining.Store(int64(e.cfg.Ops))
-	rowOp, queueOp := e.strategy(st)
 	start := time.Now()
 	for i := range workers {
+		rowOp, queueOp := envs[i%len(envs)].strategy(st)
 		s := &opStats{retries: map[string]int64{}, errors: map[string]int64{}, writes: map[int64]int64{}}
 		all[i] = s
 		ch := newChooser(e.cfg, w, i)
@@ -441,7 +483,7 @@ func (e *env) runCell(ctx context.Context, w Workload, st Strategy, workers int,
 		return Cell{}, err
 	}
 
-	cell := Cell{Workload: w, Strategy: st, Workers: workers, Seconds: elapsed.Seconds(), Invariant: invariantName(w),
+	cell := Cell{Workload: w, Strategy: st, Workers: workers, Clients: clients, Seconds: elapsed.Seconds(), Invariant: invariantName(w),
 		Retries: map[string]int64{}, Errors: map[string]int64{}}
 	var lat []time.Duration
 	writes := map[int64]int64{}

@@ -32,6 +32,7 @@ type Report struct {
 		Ops         int        `json:"ops_per_cell,omitempty"`
 		ThinkMS     float64    `json:"think_ms"`
 		MaxAttempts int        `json:"max_attempts"`
+		Clients     int        `json:"clients,omitempty"`
 	} `json:"config"`
 	Cells []Cell `json:"cells"`
 	// PgbenchSkipped says why pgbench did not run, when it did not.
@@ -68,6 +69,9 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 	c := &rep.Config
 	c.Workloads, c.Strategies, c.Workers, c.Rows, c.Skew = cfg.Workloads, cfg.Strategies, cfg.Workers, cfg.Rows, cfg.Skew
 	c.Ops, c.ThinkMS, c.MaxAttempts = cfg.Ops, float64(cfg.Think.Microseconds())/1000, cfg.MaxAttempts
+	if cfg.Clients > 1 {
+		c.Clients = cfg.Clients
+	}
 	if cfg.Ops == 0 {
 		c.Seconds = cfg.Duration.Seconds()
 	}
@@ -98,7 +102,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 	for _, w := range cfg.Workloads {
 		for _, st := range cfg.Strategies {
 			if Applies(w, st) {
-				total += len(cfg.Workers)
+				total += len(cfg.Workers) * len(cellClients(cfg, st))
 			}
 		}
 	}
@@ -109,41 +113,47 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 				continue
 			}
 			for _, workers := range cfg.Workers {
-				n++
-				label := fmt.Sprintf("[%d/%d] %s %s ×%d", n, total, w, st, workers)
-				progress := func(committed, retries int64) {
-					if cfg.Progress != nil {
-						fmt.Fprintf(cfg.Progress, "\r\033[K%s: %d ops, %d retries", label, committed, retries)
+				for _, clients := range cellClients(cfg, st) {
+					n++
+					label := fmt.Sprintf("[%d/%d] %s %s ×%d", n, total, w, st, workers)
+					if clients > 1 {
+						label += fmt.Sprintf(" over %d clients", clients)
 					}
-				}
-				cell, err := e.runCell(ctx, w, st, workers, progress)
-				if err != nil {
-					return nil, fmt.Errorf("%s: %w", label, err)
-				}
-				if script := e.pgbenchScript(w, st); cfg.Pgbench != "" && script != "" {
-					progress(cell.Ops, 0)
-					if cfg.Progress != nil {
-						fmt.Fprintf(cfg.Progress, " · pgbench")
+					progress := func(committed, retries int64) {
+						if cfg.Progress != nil {
+							fmt.Fprintf(cfg.Progress, "\r\033[K%s: %d ops, %d retries", label, committed, retries)
+						}
 					}
-					if _, err := e.reset(ctx, w); err != nil {
-						return nil, err
-					}
-					// pgbench opens its own connections: close the pool's idle ones first, so that both
-					// together never need more than the server allows.
-					pool.Reset()
-					pb, err := e.runPgbench(ctx, dsn, script, workers)
+					cell, err := e.runCell(ctx, w, st, workers, clients, progress)
 					if err != nil {
 						return nil, fmt.Errorf("%s: %w", label, err)
 					}
-					if pb.TPS > 0 {
-						pb.Ratio = cell.Goodput / pb.TPS
+					// The twin cell over several clients has the same pgbench twin as the cell before it.
+					if script := e.pgbenchScript(w, st); cfg.Pgbench != "" && script != "" && clients <= 1 {
+						progress(cell.Ops, 0)
+						if cfg.Progress != nil {
+							fmt.Fprintf(cfg.Progress, " · pgbench")
+						}
+						if _, err := e.reset(ctx, w); err != nil {
+							return nil, err
+						}
+						// pgbench opens its own connections: close the pool's idle ones first, so that both
+						// together never need more than the server allows.
+						pool.Reset()
+						pb, err := e.runPgbench(ctx, dsn, script, workers)
+						if err != nil {
+							return nil, fmt.Errorf("%s: %w", label, err)
+						}
+						if pb.TPS > 0 {
+							pb.Ratio = cell.Goodput / pb.TPS
+						}
+						cell.Pgbench = pb
 					}
-					cell.Pgbench = pb
+					if cfg.Progress != nil {
+						fmt.Fprintf(cfg.Progress, "\r\033[K%s: %.0f ops/s, violations %d\n", label, cell.Goodput, cell.Violations)
+					}
+					rep.Cells = append(rep.Cells, cell)
 				}
-				if cfg.Progress != nil {
-					fmt.Fprintf(cfg.Progress, "\r\033[K%s: %.0f ops/s, violations %d\n", label, cell.Goodput, cell.Violations)
-				}
-				rep.Cells = append(rep.Cells, cell)
 			}
 		}
 	}
@@ -156,12 +166,16 @@ func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workload\tstrategy\tworkers\tops/s\tattempts/op\tretries\tfailed\tp50 ms\tp95 ms\tp99 ms\tinvariant\tviolations\tpgbench tps\tpgcc/pgbench\t")
 	for _, c := range r.Cells {
+		st := string(c.Strategy)
+		if c.Clients > 1 {
+			st = fmt.Sprintf("%s/%dc", c.Strategy, c.Clients)
+		}
 		pgb, ratio := "-", "-"
 		if c.Pgbench != nil {
 			pgb, ratio = fmt.Sprintf("%.0f", c.Pgbench.TPS), fmt.Sprintf("%.2f", c.Pgbench.Ratio)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%d\t%d\t%.2f\t%.2f\t%.2f\t%s\t%d\t%s\t%s\t\n",
-			c.Workload, c.Strategy, c.Workers, c.Goodput, c.AttemptsPerOp, sum(c.Retries), sum(c.Errors),
+			c.Workload, st, c.Workers, c.Goodput, c.AttemptsPerOp, sum(c.Retries), sum(c.Errors),
 			c.P50, c.P95, c.P99, c.Invariant, c.Violations, pgb, ratio)
 	}
 	if err := tw.Flush(); err != nil {
@@ -192,6 +206,15 @@ func ReadReport(r io.Reader) (*Report, error) {
 		return nil, fmt.Errorf("pgcc bench: read report: no cells")
 	}
 	return &rep, nil
+}
+
+// cellClients lists the client counts of strategy st's cells: one client, and for the combined strategy also
+// cfg.Clients when above 1.
+func cellClients(cfg Config, st Strategy) []int {
+	if st == Combined && cfg.Clients > 1 {
+		return []int{1, cfg.Clients}
+	}
+	return []int{1}
 }
 
 func sum(m map[string]int64) int64 {
