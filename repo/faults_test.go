@@ -119,3 +119,28 @@ func TestWriteInsideRunLostReply(t *testing.T) {
 		t.Fatalf("stored %+v, want the modification applied once", stored)
 	}
 }
+
+// TestModifyOutOfAttemptsOnLostReads: every read of Modify's loses its connection; when the attempts run out
+// the error says both that they ran out and that the condition was a lost connection, with nothing written.
+func TestModifyOutOfAttemptsOnLostReads(t *testing.T) {
+	t.Parallel()
+	direct, proxy, faulty, accounts := faultySetup(t)
+	ctx := context.Background()
+	proxy.LoseReply(3, isSelect)
+	calls := 0
+	_, err := accounts.Modify(ctx, faulty, pgcc.Key{1}, func(_ context.Context, a *Account) error {
+		calls++
+		a.Balance += 10
+		return nil
+	}, txn.WithMaxAttempts(3), txn.WithBackoff(txn.Backoff{Base: time.Millisecond}))
+	var lost *pgcc.ConnectionLostError
+	if !errors.Is(err, pgcc.ErrRetriesExhausted) || !errors.Is(err, pgcc.ErrConnectionLost) || !errors.As(err, &lost) || lost.SingleConnection {
+		t.Fatalf("Modify = %v, want retries exhausted on a lost connection", err)
+	}
+	if calls != 0 {
+		t.Fatalf("fn ran %d times; no read reached it", calls)
+	}
+	if stored := mustGet(t, accounts, direct, 1); stored.Balance != 100 || stored.Version != 1 {
+		t.Fatalf("stored %+v, want it untouched", stored)
+	}
+}

@@ -509,7 +509,7 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 		} else {
 			var err error
 			if row, err = t.Get(ctx, db, key); err != nil {
-				return err
+				return connectionLost(db, err)
 			}
 		}
 		if err := fn(ctx, &row); err != nil {
@@ -522,7 +522,7 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 		// The row is Modify's own copy: no rollback needs to put its version back.
 		written, expected, err := t.send(ctx, db, &row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true})
 		if err != nil {
-			return err
+			return connectionLost(db, err)
 		}
 		if written {
 			out = row
@@ -533,7 +533,7 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 			return t.observeConflict(ctx, db, t.conflict(pgcc.OpUpdate, rv, expected, version{}, false))
 		}
 		if err != nil {
-			return err
+			return connectionLost(db, err)
 		}
 		next = &current
 		return t.observeConflict(ctx, db, t.conflict(pgcc.OpUpdate, rv, expected, t.versionValue(reflect.ValueOf(&current).Elem().FieldByIndex(t.version.index)), true))
@@ -555,6 +555,18 @@ var (
 )
 
 func retryConflict(err error) bool { return errors.Is(err, pgcc.ErrConflict) }
+
+// connectionLost types a connection failure of one of Modify's statements outside a transaction as a
+// [*pgcc.ConnectionLostError], so that the caller matches [pgcc.ErrConnectionLost] whether the failure ended
+// the call or was the last of its attempts. Only certain failures reach it: a write whose outcome is unknown
+// is a [*pgcc.CommitUnknownError] already. Inside a transaction the error is the transaction owner's to judge.
+func connectionLost(db pgcc.DBTX, err error) error {
+	if _, inTx := db.(pgx.Tx); inTx || errors.Is(err, pgcc.ErrCommitUnknown) || errors.Is(err, pgcc.ErrConnectionLost) ||
+		!pgfail.ConnectionFailed(err) {
+		return err
+	}
+	return &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !pgfail.Reconnects(db), Err: err}
+}
 
 func retryConflictOrRetryable(err error) bool {
 	return errors.Is(err, pgcc.ErrConflict) || txn.Retryable(err)

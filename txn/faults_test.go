@@ -76,6 +76,27 @@ func TestLostCommitReplyIsCommitUnknown(t *testing.T) {
 	}
 }
 
+// TestLostCommitReplyOfReadOnlyIsRetried: a READ ONLY transaction's COMMIT makes nothing durable, so losing
+// its reply loses nothing either: Run runs fn again on a fresh connection and returns what that attempt read,
+// never ErrCommitUnknown.
+func TestLostCommitReplyOfReadOnlyIsRetried(t *testing.T) {
+	t.Parallel()
+	_, proxy, _, pool := proxied(t)
+	ctx := context.Background()
+	proxy.LoseReply(1, pgfailtest.IsCommit)
+	calls := 0
+	got, err := txn.RunValue(ctx, pool, func(ctx context.Context, tx pgx.Tx) (int, error) {
+		calls++
+		var b int
+		err := tx.QueryRow(ctx, "SELECT balance FROM accounts WHERE id = 1").Scan(&b)
+		return b, err
+	}, txn.ReadOnly(), fastRetry)
+	proxy.AwaitFault()
+	if err != nil || got != 100 || calls != 2 {
+		t.Fatalf("RunValue = %d, %v after %d calls; want 100, nil after 2", got, err, calls)
+	}
+}
+
 // TestLostCommitReplyResolvedByKey: the same lost reply, with an idempotency key: Run looks the key up, finds
 // its own commit, and returns nil with the value of that attempt; hooks see a commit.
 func TestLostCommitReplyResolvedByKey(t *testing.T) {

@@ -185,7 +185,9 @@ func WithIsolation(level pgx.TxIsoLevel) Option {
 	}
 }
 
-// ReadOnly starts the transaction READ ONLY: PostgreSQL rejects its writes (SQLSTATE 25006).
+// ReadOnly starts the transaction READ ONLY: PostgreSQL rejects its writes (SQLSTATE 25006). Such a transaction
+// has nothing for COMMIT to make durable, so a COMMIT whose answer was lost is not a commit-unknown: on a pool,
+// Run runs fn again on a fresh connection, as for any certain abort.
 func ReadOnly() Option { return func(c *config) { c.readOnly = true; c.given |= optReadOnly } }
 
 // Deferrable starts the transaction DEFERRABLE. Together with pgx.Serializable and [ReadOnly] it waits, at

@@ -361,6 +361,12 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		tx.rolledBack()
 		return failed, err
 	}
+	if r.cfg.readOnly {
+		// A READ ONLY transaction wrote nothing its COMMIT could make durable: whatever became of the COMMIT,
+		// running fn again on a fresh connection changes nothing, so the attempt counts as lost, not unknown.
+		tx.rolledBack()
+		return lost, err
+	}
 	if !r.keyed {
 		tx.rolledBack()
 		return commitUnknown, err
