@@ -33,6 +33,7 @@ package pgtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -40,7 +41,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc/internal/leakcheck"
@@ -149,6 +152,28 @@ func InCI() bool {
 	return err == nil && v
 }
 
+// serverBusyWait is how long [Main] waits for a connection slot when the server answers 53300 (too many
+// connections): the server is shared with other test binaries and services, and a slot frees up as soon as
+// one of them ends a test.
+const serverBusyWait = time.Minute
+
+// pingPatiently pings through pool, waiting with backoff while the server has no free connection slot.
+func pingPatiently(ctx context.Context, pool *pgxpool.Pool) error {
+	deadline := time.Now().Add(serverBusyWait)
+	for delay := 250 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+		err := pool.Ping(ctx)
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.TooManyConnections || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+	}
+}
+
 // start finds a server, sweeps stale databases and builds the migrated template. stop drops the template and
 // releases the server.
 func start(ctx context.Context) (*harness, func(), error) {
@@ -158,7 +183,7 @@ func start(ctx context.Context) (*harness, func(), error) {
 	}
 	admin, err := pgxpool.New(ctx, dsn)
 	if err == nil {
-		err = admin.Ping(ctx)
+		err = pingPatiently(ctx, admin)
 	}
 	if err != nil {
 		if admin != nil {
