@@ -203,7 +203,8 @@ logfile = %s
 			t.Fatal(err)
 		}
 		cmd := exec.Command(pgbouncerPath, iniPath)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: credential}
+		// Pdeathsig: a test binary the watchdog ends with os.Exit runs no cleanup; PgBouncer must not outlive it.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: credential, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start PgBouncer: %v", err)
 		}
