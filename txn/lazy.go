@@ -3,7 +3,6 @@ package txn
 import (
 	"context"
 	"errors"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -40,14 +39,8 @@ var _ pgx.Tx = (*lazyTx)(nil)
 
 // newLazyTx prepares a transaction with opts on conn, sending nothing.
 func newLazyTx(ctx context.Context, conn *pgx.Conn, c *config, opts pgx.TxOptions) *lazyTx {
-	l := &lazyTx{ctx: ctx, conn: conn, eager: opts, batch: opts}
+	l := &lazyTx{ctx: ctx, conn: conn, eager: opts, batch: opts, prelude: setLocals(c)}
 	l.batch.BeginQuery = ""
-	if c.lockTimeout > 0 {
-		l.prelude = append(l.prelude, "SET LOCAL lock_timeout = "+strconv.FormatInt(millis(c.lockTimeout), 10))
-	}
-	if c.stmtTimeout > 0 {
-		l.prelude = append(l.prelude, "SET LOCAL statement_timeout = "+strconv.FormatInt(millis(c.stmtTimeout), 10))
-	}
 	return l
 }
 

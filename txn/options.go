@@ -435,15 +435,24 @@ func beginQuery(c *config) string {
 	if c.deferrable {
 		b.WriteString(" DEFERRABLE")
 	}
-	if c.lockTimeout > 0 {
-		b.WriteString("; SET LOCAL lock_timeout = ")
-		b.WriteString(strconv.FormatInt(millis(c.lockTimeout), 10))
-	}
-	if c.stmtTimeout > 0 {
-		b.WriteString("; SET LOCAL statement_timeout = ")
-		b.WriteString(strconv.FormatInt(millis(c.stmtTimeout), 10))
+	for _, q := range setLocals(c) {
+		b.WriteString("; ")
+		b.WriteString(q)
 	}
 	return b.String()
+}
+
+// setLocals returns the SET LOCAL statements of c's timeouts, in the order BEGIN is followed by them: one
+// string with BEGIN for an eager begin ([beginQuery]), or queued behind it in a lazy transaction's first flight.
+func setLocals(c *config) []string {
+	var qs []string
+	if c.lockTimeout > 0 {
+		qs = append(qs, "SET LOCAL lock_timeout = "+strconv.FormatInt(millis(c.lockTimeout), 10))
+	}
+	if c.stmtTimeout > 0 {
+		qs = append(qs, "SET LOCAL statement_timeout = "+strconv.FormatInt(millis(c.stmtTimeout), 10))
+	}
+	return qs
 }
 
 // millis rounds d up to whole milliseconds, the unit PostgreSQL reads a bare number in.
