@@ -20,13 +20,17 @@ import (
 // the look-up waits for one of them while backends keep being killed.
 const keyedTimeout = 30 * time.Second
 
-// newBank creates the workload's tables in db.
-func newBank(t *testing.T, db *pgtest.DB) {
+// newBank creates the workload's tables in db, with p.accounts accounts.
+func newBank(t *testing.T, db *pgtest.DB, p params) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn := db.Conn(t)
 	if _, err := conn.Exec(ctx, schemaSQL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO accounts (id, balance) SELECT g, $1 FROM generate_series(1, $2::int) g",
+		openingBalance, p.accounts); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -54,13 +58,13 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // terminated about every 100 ms.
 func TestBackendKills(t *testing.T) {
 	t.Parallel()
-	p := loadParams(t)
+	p := loadParams(t).forFault("kills")
 	for _, s := range strategies {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			pgtest.Deadline(t, p.duration+2*time.Minute)
 			db := pgtest.NewDB(t)
-			newBank(t, db)
+			newBank(t, db, p)
 			admin := db.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
 			c := cell{p: p, s: s, pool: workerPool(t, db, p), check: func(*testing.T) *pgxpool.Pool { return admin },
 				timeout: 5 * time.Second, keyedTimeout: keyedTimeout}
@@ -88,13 +92,13 @@ func TestBackendKills(t *testing.T) {
 // those with a key have keyedTimeout.
 func TestNetworkFaults(t *testing.T) {
 	t.Parallel()
-	p := loadParams(t)
+	p := loadParams(t).forFault("network")
 	for _, s := range strategies {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			pgtest.Deadline(t, p.duration+2*time.Minute)
 			direct := pgtest.NewDB(t)
-			newBank(t, direct)
+			newBank(t, direct, p)
 			proxy, dsn := faultnet.ForDSN(t, direct.DSN)
 			proxied := &pgtest.DB{Name: direct.Name, DSN: dsn}
 			check := direct.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
@@ -138,7 +142,7 @@ func TestNetworkFaults(t *testing.T) {
 // not parallel, so that it runs before the workload cells start: they would stall the process it measures.
 func TestDeadlineWhileHung(t *testing.T) {
 	direct := pgtest.NewDB(t)
-	newBank(t, direct)
+	newBank(t, direct, params{accounts: 10})
 	proxy, dsn := faultnet.ForDSN(t, direct.DSN)
 	pool := workerPool(t, &pgtest.DB{Name: direct.Name, DSN: dsn}, params{conns: 2})
 	for _, hang := range []string{"before BEGIN", "at COMMIT"} {
@@ -181,7 +185,7 @@ func TestDeadlineWhileHung(t *testing.T) {
 // and every backend) a third of the way into the run and started again after 200 ms, crash recovery included.
 func TestCrashRestart(t *testing.T) {
 	t.Parallel()
-	p := loadParams(t)
+	p := loadParams(t).forFault("crash")
 	inst := pginstance.Start(t)
 	for i, s := range strategies {
 		t.Run(s.name, func(t *testing.T) {
@@ -190,11 +194,11 @@ func TestCrashRestart(t *testing.T) {
 			inst.CreateDatabase(name)
 			db := &pgtest.DB{Name: name, DSN: inst.DSN(name)}
 			migrate(t, db)
-			newBank(t, db)
+			newBank(t, db, p)
 			c := cell{p: p, s: s, pool: workerPool(t, db, p), timeout: keyedTimeout}
 			c.check = func(t *testing.T) *pgxpool.Pool { return db.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 }) }
 			c.inject = func(ctx context.Context, rec *recorder) {
-				if !sleep(ctx, p.duration/3+time.Duration(i)*37*time.Millisecond) {
+				if !rec.waitFor(ctx, p, 1.0/3) || !sleep(ctx, time.Duration(i)*37*time.Millisecond) {
 					return
 				}
 				down := time.Now()

@@ -53,21 +53,48 @@ const (
 	envDuration = "PGCC_FAULTS_DURATION" // how long each cell runs, a Go duration
 	envWorkers  = "PGCC_FAULTS_WORKERS"  // transfer workers per cell
 	envConns    = "PGCC_FAULTS_CONNS"    // pool size per cell
+	envOps      = "PGCC_FAULTS_OPS"      // transfers per cell: the cell ends when they are done (or its duration is up)
+	envAccounts = "PGCC_FAULTS_ACCOUNTS" // accounts of the bank: fewer accounts, more conflicts
 )
 
 // params is the size of a run.
 type params struct {
 	long     bool
-	duration time.Duration // per cell
+	duration time.Duration  // per cell; with ops, the most a cell may take
+	ops      int            // transfers per cell; 0: as many as fit in duration (see forFault)
+	opsBy    map[string]int // transfers per cell by fault (kills, network, crash), where PGCC_FAULTS_OPS names them
 	workers  int
 	conns    int32
+	accounts int
 }
 
 func loadParams(t *testing.T) params {
 	t.Helper()
-	p := params{duration: 2 * time.Second, workers: 6, conns: 6}
+	p := params{duration: 2 * time.Second, workers: 6, conns: 6, accounts: 10}
 	if os.Getenv(envLong) == "1" {
-		p = params{long: true, duration: 60 * time.Second, workers: 32, conns: 8}
+		// 34,000 transfers per cell: over 100,000 per strategy across its three faults (make faults splits them
+		// by fault instead: PGCC_FAULTS_OPS=kills=60000,network=10000,crash=30000). 100 accounts keep
+		// the optimistic strategy's conflicts frequent without making it the one cell that never ends.
+		p = params{long: true, duration: 30 * time.Minute, ops: 34_000, workers: 32, conns: 8, accounts: 100}
+	}
+	if v := os.Getenv(envOps); strings.Contains(v, "=") {
+		// kills=60000,network=10000,crash=30000: the network cells, a fault every 0.2–0.6 s, run at a tenth
+		// of the others' pace.
+		p.opsBy = map[string]int{}
+		for _, part := range strings.Split(v, ",") {
+			name, n, _ := strings.Cut(part, "=")
+			ops, err := strconv.Atoi(n)
+			if (name != "kills" && name != "network" && name != "crash") || err != nil || ops <= 0 {
+				t.Fatalf("%s=%q: want N or kills=N,network=N,crash=N", envOps, v)
+			}
+			p.opsBy[name] = ops
+		}
+	} else if v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("%s=%q: want N or kills=N,network=N,crash=N", envOps, v)
+		}
+		p.ops = n
 	}
 	if v := os.Getenv(envDuration); v != "" {
 		d, err := time.ParseDuration(v)
@@ -79,7 +106,11 @@ func loadParams(t *testing.T) params {
 	for _, e := range []struct {
 		name string
 		set  func(int)
-	}{{envWorkers, func(n int) { p.workers = n }}, {envConns, func(n int) { p.conns = int32(n) }}} {
+	}{
+		{envWorkers, func(n int) { p.workers = n }},
+		{envConns, func(n int) { p.conns = int32(n) }},
+		{envAccounts, func(n int) { p.accounts = max(n, 2) }},
+	} {
 		if v := os.Getenv(e.name); v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 {
@@ -91,20 +122,26 @@ func loadParams(t *testing.T) params {
 	return p
 }
 
-// Bank parameters.
+// forFault returns p with the number of transfers PGCC_FAULTS_OPS gives the named fault.
+func (p params) forFault(name string) params {
+	if n, ok := p.opsBy[name]; ok {
+		p.ops = n
+	}
+	return p
+}
+
+// Bank parameters (the number of accounts is params.accounts).
 const (
-	numAccounts    = 10
 	openingBalance = 1000
 	maxAmount      = 50
 )
 
-// schemaSQL creates the workload's tables.
+// schemaSQL creates the workload's tables; the accounts are inserted by newBank.
 const schemaSQL = `
 CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, version bigint NOT NULL DEFAULT 1);
 CREATE TABLE ledger (op text PRIMARY KEY, from_id bigint NOT NULL, to_id bigint NOT NULL, amount bigint NOT NULL);
 CREATE TABLE counter (id bigint PRIMARY KEY, n bigint NOT NULL, version bigint NOT NULL DEFAULT 1);
 CREATE TABLE jobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, done boolean NOT NULL DEFAULT false);
-INSERT INTO accounts (id, balance) SELECT g, ` + "1000" + ` FROM generate_series(1, 10) g;
 INSERT INTO counter (id, n) VALUES (1, 0);
 INSERT INTO jobs (done) SELECT false FROM generate_series(1, 64);
 `
@@ -235,6 +272,25 @@ type recorder struct {
 	byName   map[string]int
 	example  map[string]string // the first error of each name
 	faults   map[string]int
+	// transfers counts the transfers' outcomes; reaching target (if not 0) calls done.
+	transfers atomic.Int64
+	target    int64
+	done      func()
+	elapsed   time.Duration // the workload's run time
+}
+
+// waitFor waits until the workload has done the given fraction of its transfers (with params.ops) or of its
+// duration, and reports whether ctx is still live.
+func (r *recorder) waitFor(ctx context.Context, p params, fraction float64) bool {
+	if p.ops == 0 {
+		return sleep(ctx, time.Duration(float64(p.duration)*fraction))
+	}
+	for r.transfers.Load() < int64(float64(p.ops)*fraction) {
+		if !sleep(ctx, 20*time.Millisecond) {
+			return false
+		}
+	}
+	return true
 }
 
 func newRecorder() *recorder {
@@ -242,6 +298,9 @@ func newRecorder() *recorder {
 }
 
 func (r *recorder) add(o outcome) {
+	if o.tr.from != 0 && r.transfers.Add(1) == r.target && r.done != nil {
+		r.done()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.outcomes = append(r.outcomes, o)
@@ -296,6 +355,8 @@ func (c cell) run(t *testing.T) *recorder {
 	rec := newRecorder()
 	ctx, stop := context.WithTimeout(context.Background(), c.p.duration)
 	defer stop()
+	rec.target, rec.done = int64(c.p.ops), stop
+	start := time.Now()
 
 	// The machine is shared and the tests run with the race detector: a stall of the whole process makes a
 	// call late through no fault of pgcc's. lag measures the stalls, so that they are told apart.
@@ -309,8 +370,8 @@ func (c cell) run(t *testing.T) *recorder {
 		run(func() {
 			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
 			for i := 0; ctx.Err() == nil; i++ {
-				from := rng.Int64N(numAccounts) + 1
-				to := rng.Int64N(numAccounts-1) + 1
+				from := rng.Int64N(int64(c.p.accounts)) + 1
+				to := rng.Int64N(int64(c.p.accounts)-1) + 1
 				if to >= from {
 					to++
 				}
@@ -354,7 +415,7 @@ func (c cell) run(t *testing.T) *recorder {
 			})
 			if o.err == nil {
 				readerChecks.Add(1)
-				if sum != numAccounts*openingBalance || negative != 0 {
+				if sum != int64(c.p.accounts)*openingBalance || negative != 0 {
 					readerViolations.Add(1)
 					readerViolation.Store(fmt.Sprintf("total %d, %d negative balances", sum, negative))
 				}
@@ -370,6 +431,10 @@ func (c cell) run(t *testing.T) *recorder {
 	}
 	wg.Wait()
 	lag := stopLag()
+	if c.p.ops > 0 && rec.transfers.Load() < int64(c.p.ops) {
+		t.Errorf("%d transfers of %d in the cell's %v", rec.transfers.Load(), c.p.ops, c.p.duration)
+	}
+	rec.elapsed = time.Since(start)
 
 	// The pool: nothing left acquired once the broken connections' destructors have run.
 	deadline := time.Now().Add(5 * time.Second)
@@ -419,8 +484,8 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 	if err := db.QueryRow(ctx, "SELECT sum(balance), count(*) FILTER (WHERE balance < 0) FROM accounts").Scan(&sum, &negative); err != nil {
 		t.Fatal(err)
 	}
-	if sum != numAccounts*openingBalance || negative != 0 {
-		t.Errorf("total %d (want %d), %d negative balances", sum, numAccounts*openingBalance, negative)
+	if want := int64(c.p.accounts) * openingBalance; sum != want || negative != 0 {
+		t.Errorf("total %d (want %d), %d negative balances", sum, want, negative)
 	}
 	// Every balance is its opening balance plus the ledger's net flow: no transfer applied without its row.
 	var drift int64
@@ -506,9 +571,9 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 		t.Errorf("%d+ violations:\n  %s", len(violations), strings.Join(violations, "\n  "))
 	}
 	tot.counterOK, tot.counterUnknown = int(counterOK), int(counterUnknown)
-	t.Logf("%s: %d transfers: %d applied, %d failed, %d commit-unknown (%d with a key); counter %d applied, %d unknown; "+
+	t.Logf("%s: %d transfers in %v (%.0f/s): %d applied, %d failed, %d commit-unknown (%d with a key); counter %d applied, %d unknown; "+
 		"max overrun past deadline %v (process stall %v); faults %v; outcomes %s",
-		c.s.name, tot.ops, tot.applied, tot.failed, tot.unknown, tot.keyedUnknown, tot.counterOK, tot.counterUnknown,
+		c.s.name, tot.ops, rec.elapsed.Round(time.Second), float64(tot.ops)/rec.elapsed.Seconds(), tot.applied, tot.failed, tot.unknown, tot.keyedUnknown, tot.counterOK, tot.counterUnknown,
 		tot.maxOverrun.Round(time.Millisecond), lag.Round(time.Millisecond), rec.faults, summary(rec.byName))
 	if testing.Verbose() {
 		for name, msg := range rec.example {
