@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,6 +135,74 @@ func TestLostCommitReplyResolvedByKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLostCommitReplyResolvedBySaturatedPool: the reply is lost while other callers hold every connection of
+// the pool for longer than Run's context lasts. The look-up does not queue behind them: it opens a connection
+// of its own and settles the outcome in time (before, it waited for the pool and returned ErrCommitUnknown).
+func TestLostCommitReplyResolvedBySaturatedPool(t *testing.T) {
+	t.Parallel()
+	const conns = 2
+	var afterConnect atomic.Int32 // the pool's hooks run for the look-up's connection too
+	db, proxy, _, pool := proxied(t, func(c *pgxpool.Config) {
+		c.MaxConns = conns
+		c.AfterConnect = func(context.Context, *pgx.Conn) error { afterConnect.Add(1); return nil }
+	})
+	ctx := context.Background()
+
+	// Hogs queue on the pool for as long as the test runs, each holding a connection for 3 s: once Run's
+	// connection breaks, the slot it frees goes to a hog that was waiting before the look-up.
+	hogCtx, stopHogs := context.WithCancel(ctx)
+	defer stopHogs()
+	entered := make(chan struct{})
+	var hogs sync.WaitGroup
+	for range 2 * conns {
+		hogs.Add(1)
+		go func() {
+			defer hogs.Done()
+			<-entered
+			for hogCtx.Err() == nil {
+				c, err := pool.Acquire(hogCtx)
+				if err != nil {
+					return
+				}
+				select {
+				case <-hogCtx.Done():
+				case <-time.After(3 * time.Second):
+				}
+				c.Release()
+			}
+		}()
+	}
+	defer hogs.Wait()
+
+	proxy.LoseReply(1, pgfailtest.IsCommit)
+	runCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	calls := 0
+	err := txn.Run(runCtx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		calls++
+		if calls == 1 {
+			close(entered)
+			time.Sleep(200 * time.Millisecond) // the hogs take the other connection and queue for this one
+		}
+		return increment(ctx, tx)
+	}, txn.WithIdempotencyKey("saturated"), fastRetry)
+	proxy.AwaitFault()
+	stopHogs()
+	if err != nil {
+		t.Fatalf("Run = %v, want nil: the look-up should not wait for the saturated pool", err)
+	}
+	if calls != 1 {
+		t.Errorf("%d calls, want 1", calls)
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101", b)
+	}
+	hogs.Wait()
+	if n := afterConnect.Load(); n < conns+1 {
+		t.Errorf("AfterConnect ran %d times, want at least %d (the pool's and the look-up's connections)", n, conns+1)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/pgfail"
@@ -98,7 +99,7 @@ func (res resolution) unresolvedError(commitErr error, key string) error {
 }
 
 // resolve finds out whether the attempt numbered attempt, whose COMMIT on lost got no answer, committed. It
-// looks on a fresh connection (the pool's, or a new one opened with lost's configuration), retrying a look-up
+// looks on a fresh connection (one of its own, see probeConn), retrying a look-up
 // that fails on the connection with the policy's backoff and attempts, until ctx ends.
 func (r *runner) resolve(ctx context.Context, lost *pgx.Conn, attempt int64) resolution {
 	for n := 1; ; n++ {
@@ -159,24 +160,68 @@ func (r *runner) probe(ctx context.Context, lost *pgx.Conn, attempt int64) (res 
 	}
 }
 
-// probeConn returns a connection for a look-up, and the function that gives it back.
+// probeConn returns a connection for a look-up, and the function that gives it back. On a pool it opens a
+// connection of its own, with the pool's configuration and connect hooks, rather than queueing in the pool:
+// the load or the faults that lost a COMMIT's reply tend to keep the pool saturated, and a look-up waiting
+// behind every other caller could outlast its context and leave the outcome unknown. When that connection
+// cannot be opened (the server's connection limit, a pooler's), it waits for one of the pool's.
 func (r *runner) probeConn(ctx context.Context, lost *pgx.Conn) (*pgx.Conn, func(), error) {
-	if p, ok := r.db.(acquirer); ok {
-		c, err := p.Acquire(ctx)
-		if err != nil {
+	p, pooled := r.db.(acquirer)
+	var cfg *pgx.ConnConfig
+	var before func(context.Context, *pgx.ConnConfig) error
+	var after func(context.Context, *pgx.Conn) error
+	switch db := r.db.(type) {
+	case *pgxpool.Pool:
+		pc := db.Config()
+		cfg, before, after = pc.ConnConfig, pc.BeforeConnect, pc.AfterConnect
+	case acquirer: // a pool of another kind: its own connections only
+	default:
+		cfg = lost.Config()
+	}
+	var connectErr error
+	if cfg != nil {
+		c, err := connectWith(ctx, cfg, before, after)
+		if err == nil {
+			return c, func() {
+				closeCtx, cancel := detached(ctx)
+				defer cancel()
+				_ = c.Close(closeCtx)
+			}, nil
+		}
+		if !pooled {
 			return nil, nil, err
 		}
-		return c.Conn(), c.Release, nil
+		connectErr = err
 	}
-	c, err := pgx.ConnectConfig(ctx, lost.Config())
+	c, err := p.Acquire(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, errors.Join(err, connectErr)
 	}
-	return c, func() {
-		closeCtx, cancel := detached(ctx)
-		defer cancel()
-		_ = c.Close(closeCtx)
-	}, nil
+	return c.Conn(), c.Release, nil
+}
+
+// connectWith opens a connection with cfg, running a pool's BeforeConnect and AfterConnect hooks around it as
+// the pool would.
+func connectWith(ctx context.Context, cfg *pgx.ConnConfig, before func(context.Context, *pgx.ConnConfig) error,
+	after func(context.Context, *pgx.Conn) error) (*pgx.Conn, error) {
+	if before != nil {
+		if err := before(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if after != nil {
+		if err := after(ctx, c); err != nil {
+			closeCtx, cancel := detached(ctx)
+			defer cancel()
+			_ = c.Close(closeCtx)
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // terminateAttempt ends the backend whose transaction holds the advisory lock of attempt, if it still runs.
