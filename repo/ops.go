@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/finalwrite"
 	"github.com/pgcc/pgcc/internal/pgfail"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -160,6 +161,9 @@ func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T, opts ...Wri
 		if err := t.checkRow("Update", db, row); err != nil {
 			return err
 		}
+		if q := t.deferrable(db); q != nil {
+			return t.updateFinal(db, q, row, t.sql.finalUpdate, t.sql.updateSet, true)
+		}
 		return t.write(ctx, db, row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true, restore: true})
 	}
 	cfg := writeConfig{}
@@ -180,6 +184,9 @@ func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T, opts ...Wri
 		return fmt.Errorf("%w: Update of %s: %s", pgcc.ErrInvalidArgument, t.quoted, cfg.invalid)
 	}
 	ps := t.variant(t.sql.updateSet, cfg)
+	if q := t.deferrable(db); q != nil && ps.final != "" {
+		return t.updateFinal(db, q, row, ps.final, ps.set, !cfg.keepVersion)
+	}
 	return t.write(ctx, db, row, pgcc.OpUpdate, ps.sql, ps.set, writeMode{check: !cfg.skipCheck, bumps: !cfg.keepVersion, restore: true})
 }
 
@@ -197,7 +204,20 @@ func (t *Table[T]) UpdateColumns(ctx context.Context, db pgcc.DBTX, row *T, cols
 		return err
 	}
 	ps := t.variant(set, writeConfig{})
+	if q := t.deferrable(db); q != nil {
+		return t.updateFinal(db, q, row, ps.final, ps.set, true)
+	}
 	return t.write(ctx, db, row, pgcc.OpUpdate, ps.sql, ps.set, writeMode{check: true, bumps: true, restore: true})
+}
+
+// updateFinal queues the compare-and-swap of row as a final write (see txn.Last), having checked what write
+// checks first.
+func (t *Table[T]) updateFinal(db pgcc.DBTX, q finalwrite.Queuer, row *T, sql string, set []int, bump bool) error {
+	if err := t.checkTracked(pgcc.OpUpdate, reflect.ValueOf(row).Elem()); err != nil {
+		return err
+	}
+	t.queueFinal(db, q, row, pgcc.OpUpdate, sql, set, bump, true, false)
+	return nil
 }
 
 // Delete deletes row provided it is still at row's version. A conflict is reported as [Table.Update]
@@ -519,6 +539,12 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 		if err := t.checkTracked(pgcc.OpUpdate, rv); err != nil {
 			return err
 		}
+		if q := t.deferrable(db); q != nil {
+			// Sent with COMMIT; a conflict found there is retried by txn.Run, which runs fn (and this) again.
+			t.queueFinal(db, q, &row, pgcc.OpUpdate, t.sql.finalUpdate, t.sql.updateSet, true, false, true)
+			out = row
+			return nil
+		}
 		// The row is Modify's own copy: no rollback needs to put its version back.
 		written, expected, err := t.send(ctx, db, &row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true})
 		if err != nil {
@@ -623,7 +649,11 @@ func (t *Table[T]) variant(set []int, cfg writeConfig) *partialStmt {
 	if ps, ok := t.partial.Load(key); ok {
 		return ps.(*partialStmt)
 	}
-	ps, _ := t.partial.LoadOrStore(key, &partialStmt{set: set, sql: t.d.updateSQL(set, !cfg.skipCheck, !cfg.keepVersion)})
+	nps := &partialStmt{set: set, sql: t.d.updateSQL(set, !cfg.skipCheck, !cfg.keepVersion)}
+	if t.d.kind == VersionCounter && !cfg.skipCheck {
+		nps.final = t.d.finalUpdateSQL(set, !cfg.keepVersion)
+	}
+	ps, _ := t.partial.LoadOrStore(key, nps)
 	return ps.(*partialStmt)
 }
 
