@@ -1,9 +1,10 @@
 // Package rtt_test measures what a network between the service and PostgreSQL costs: every benchmark runs
 // through an in-process proxy (internal/faultnet) that adds a fixed round-trip time to each flight and counts
 // the client's flights, and reports round trips per operation (rt/op) beside ops/s. Each workload is written
-// twice, once with pgcc and once as hand-written pgx sending the same statements one at a time (BEGIN, the
-// statements, COMMIT), and, as the floor, once as pgx pipelining BEGIN with the first statement and COMMIT
-// with the last write.
+// with pgcc, with pgcc sending its last write with COMMIT (pgcc-final: txn.Final, or txn.Last for a repo
+// write), as hand-written pgx sending the same statements one at a time (BEGIN, the statements, COMMIT),
+// and, as the floor, as pgx pipelining BEGIN with the first statement and COMMIT with the last write.
+// TestRoundTrips checks the round trips of each.
 //
 //	go test -run '^$' -bench . -benchtime 200x -count 3 ./integration_test/rtt/
 //
@@ -200,6 +201,15 @@ func workloads() []workload {
 					return err
 				})
 			}},
+			{"pgcc-final", func(ctx context.Context, e *env, id int64) error {
+				return txn.Run(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) error {
+					_, err := e.accounts.Modify(ctx, txn.Last(tx), pgcc.Key{id}, func(_ context.Context, a *Account) error {
+						a.N++
+						return nil
+					})
+					return err
+				}, txn.WithMaxAttempts(100))
+			}},
 			{"pgx", func(ctx context.Context, e *env, id int64) error {
 				for {
 					err := pgxTx(ctx, e.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
@@ -362,7 +372,7 @@ func workloads() []workload {
 
 // setup creates the tables on a fresh database behind a proxy, and returns a function giving a pool of c
 // connections through it (one pool per c, opened on first use).
-func setup(b *testing.B) (func(c int) *env, *faultnet.Proxy) {
+func setup(b testing.TB) (func(c int) *env, *faultnet.Proxy) {
 	b.Helper()
 	db := pgtest.NewDB(b)
 	p, dsn := faultnet.ForDSN(b, db.DSN)
@@ -451,6 +461,33 @@ func BenchmarkRTT(b *testing.B) {
 						run(b, pool(c), p, c, w.hot, im.op)
 					})
 				}
+			}
+		}
+	}
+}
+
+// TestRoundTrips checks the round trips per operation that the benchmarks report, on one connection without
+// added latency: what each implementation sends does not depend on either.
+func TestRoundTrips(t *testing.T) {
+	t.Parallel()
+	want := map[string]float64{"pgx": 4, "pgcc": 3, "pgcc-final": 2, "pgx-pipelined": 2}
+	pool, p := setup(t)
+	e := pool(1)
+	for _, w := range workloads() {
+		for _, im := range w.impl {
+			n := want[im.name]
+			if w.name == "modify-pool" {
+				n = 2 // a read and an autocommitted compare-and-swap, for pgx and pgcc alike
+			}
+			ctx := context.Background()
+			for id := range int64(2) { // the first prepares the statements
+				p.ResetStats()
+				if err := im.op(ctx, e, id+1); err != nil {
+					t.Fatalf("%s/%s: %v", w.name, im.name, err)
+				}
+			}
+			if got := float64(p.Stats().Flights); got != n {
+				t.Errorf("%s/%s: %v round trips, want %v", w.name, im.name, got, n)
 			}
 		}
 	}
