@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -462,6 +463,63 @@ func BenchmarkRTT(b *testing.B) {
 					})
 				}
 			}
+		}
+	}
+}
+
+// BenchmarkAlternating runs the implementations of each workload one operation after the other, in turn,
+// on one connection (c=1), and reports each one's median latency (impl-µs) and its ratio to hand-written
+// pgx (impl/pgx, below 1 is faster): on a machine whose load changes from one second to the next, a load
+// spike then falls on every implementation alike, where BenchmarkRTT's cells, run one after the other, can
+// differ by a factor of two. b.N is the number of turns.
+//
+//	go test -run '^$' -bench 'Alternating/modify-pool' -benchtime 1000x ./integration_test/rtt/
+func BenchmarkAlternating(b *testing.B) {
+	pgtest.Deadline(b, time.Hour)
+	pool, p := setup(b)
+	for _, w := range workloads() {
+		for _, rtt := range []time.Duration{0, time.Millisecond} {
+			b.Run(fmt.Sprintf("%s/rtt=%v", w.name, rtt), func(b *testing.B) {
+				p.SetRTT(rtt)
+				e := pool(1)
+				ctx := context.Background()
+				r := rand.New(rand.NewPCG(1, 42))
+				id := func() int64 {
+					if w.hot {
+						return 1
+					}
+					return r.Int64N(rows) + 1
+				}
+				for range 4 { // open the connection, prepare the statements
+					for _, im := range w.impl {
+						if err := im.op(ctx, e, id()); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				times := make([][]time.Duration, len(w.impl))
+				for b.Loop() {
+					for i, im := range w.impl {
+						start := time.Now()
+						if err := im.op(ctx, e, id()); err != nil {
+							b.Fatal(err)
+						}
+						times[i] = append(times[i], time.Since(start))
+					}
+				}
+				median := make([]float64, len(w.impl))
+				for i := range w.impl {
+					slices.Sort(times[i])
+					median[i] = float64(times[i][len(times[i])/2].Microseconds())
+				}
+				pgx := slices.IndexFunc(w.impl, func(im impl) bool { return im.name == "pgx" })
+				for i, im := range w.impl {
+					b.ReportMetric(median[i], im.name+"-µs")
+					if i != pgx && pgx >= 0 && median[pgx] > 0 {
+						b.ReportMetric(median[i]/median[pgx], im.name+"/pgx")
+					}
+				}
+			})
 		}
 	}
 }
