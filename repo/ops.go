@@ -156,6 +156,14 @@ func (t *Table[T]) scanCopies(positions []int, row pgx.Row, extra ...any) ([]ref
 // database never committed. For a pgx.Tx that Run did not give, nothing can be put back: read the row again
 // after a rollback. Outside a transaction, a write whose connection failed after it was sent is a
 // [*pgcc.CommitUnknownError] (it may have been applied; row is unchanged). ctx governs both statements.
+//
+// Given the handle of [txn.Last] on a [VersionCounter] table, Update sends nothing: the write is queued to
+// travel with the transaction's COMMIT, row's version is set to the next one (always the next one, even when
+// no value changes, since it must be known before the write runs) and put back if the transaction rolls
+// back. A conflict then makes the server skip COMMIT, and [txn.Run] returns the [*pgcc.ConflictError] this
+// method would have returned, with the current version read after the rollback; it does not retry it. With
+// [SkipVersionCheck], and on tables versioned by xmin or a timestamp, whose next version only the server
+// knows, the write is sent at once, as without Last.
 func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T, opts ...WriteOption) error {
 	if len(opts) == 0 {
 		if err := t.checkRow("Update", db, row); err != nil {
@@ -194,7 +202,7 @@ func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T, opts ...Wri
 // keep whatever the database holds. It is guarded by the version as Update is, and changes it the same way. An
 // empty list, a key column, the version column, a column T does not map (a name with a NUL byte included) or
 // a column named twice is an error matching [pgcc.ErrInvalidArgument]. The statement for each set of columns
-// is built once and cached in t.
+// is built once and cached in t. Through [txn.Last] it is queued with COMMIT as Update is.
 func (t *Table[T]) UpdateColumns(ctx context.Context, db pgcc.DBTX, row *T, cols ...string) error {
 	if err := t.checkRow("UpdateColumns", db, row); err != nil {
 		return err
@@ -485,6 +493,17 @@ const (
 // (isolation, access mode, timeouts) are refused with [pgcc.ErrInvalidArgument]: Modify runs no transaction
 // of its own; call it inside [txn.Run] with those options and pass it the pgx.Tx. ctx governs every statement
 // and every sleep, and is passed to fn.
+//
+// Inside [txn.Run], given txn.Last(tx) instead of tx, Modify reads the row (in the round trip that carries
+// BEGIN), calls fn, and queues the compare-and-swap to travel with COMMIT: the transaction costs two round
+// trips instead of three. The row returned is fn's result with the next version, computed by the client:
+// the write always gives the row the next version, even when fn changed no value, and columns a trigger sets
+// are not seen (as they are not by Update). A conflict is found by the server at COMMIT, after Modify
+// returned: nothing of the transaction commits, and Run runs the whole transaction again, fn included, under
+// Run's attempts and backoff (opts then only shape the read), reporting the [*pgcc.ConflictError] to
+// [txn.OnRetry] hooks and returning it when the attempts run out. This applies to [VersionCounter] tables;
+// on tables versioned by xmin or a timestamp, whose next version only the server knows, Modify writes at
+// once and retries conflicts itself, as with tx. See [txn.Last] and docs/latency.md.
 func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn func(ctx context.Context, row *T) error, opts ...txn.Option) (T, error) {
 	var out T
 	if err := t.check("Modify", db); err != nil {

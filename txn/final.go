@@ -52,7 +52,7 @@ func Final(tx pgx.Tx, sql string, args ...any) error {
 }
 
 // Last marks the rest of fn's work on tx as its last: a write of package repo made through the returned
-// handle ([repo.Table.Modify], [repo.Table.Update], [repo.Table.UpdateColumns] on a counter-versioned table)
+// handle (repo.Table.Modify, repo.Table.Update, repo.Table.UpdateColumns on a counter-versioned table)
 // is not sent at once but queued as a [Final] write, to travel with COMMIT in the same round trip, with its
 // version check enforced by the server:
 //
