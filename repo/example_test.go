@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
@@ -446,4 +447,44 @@ func ExampleCombiner_Modify() {
 	fmt.Println("balance:", row.Balance, "transactions at most calls:", row.Version-1 <= 20)
 	// Output:
 	// balance: 100 transactions at most calls: true
+}
+
+// Inside txn.Run, a Modify marked with txn.Last is the transaction's last write: its compare-and-swap travels
+// with COMMIT, so the transaction costs two round trips instead of three. Here another writer changes the row
+// between the read and COMMIT: the server refuses the write and skips COMMIT, and Run runs the transaction
+// again from a fresh read.
+func ExampleTable_Modify_last() {
+	ctx := context.Background()
+	pool, drop, err := exampleTable(ctx, "example_last_accounts", `
+		CREATE TABLE example_last_accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+			version bigint NOT NULL);
+		INSERT INTO example_last_accounts VALUES (42, 'ada', 100, 7)`)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer drop()
+	accounts, err := repo.NewTable[Account]("example_last_accounts")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	attempts := 0
+	row, err := txn.RunValue(ctx, pool, func(ctx context.Context, tx pgx.Tx) (Account, error) {
+		attempts++
+		return accounts.Modify(ctx, txn.Last(tx), pgcc.Key{42}, func(ctx context.Context, a *Account) error {
+			if attempts == 1 { // someone else deposits 5 meanwhile
+				if _, err := pool.Exec(ctx, "UPDATE example_last_accounts SET balance = balance + 5, version = version + 1 WHERE id = 42"); err != nil {
+					return err
+				}
+			}
+			a.Balance -= 30
+			return nil
+		})
+	}, txn.OnRetry(func(_ int, err error, _ time.Duration) { fmt.Println("retrying:", err) }))
+	fmt.Println(err, attempts, row.Balance, row.Version)
+	// Output:
+	// retrying: pgcc: conflict updating "example_last_accounts" id=42: expected version 7, found 8
+	// <nil> 2 75 9
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/finalwrite"
 	"github.com/pgcc/pgcc/internal/pgfail"
 	"github.com/pgcc/pgcc/txn"
 )
@@ -155,10 +156,21 @@ func (t *Table[T]) scanCopies(positions []int, row pgx.Row, extra ...any) ([]ref
 // database never committed. For a pgx.Tx that Run did not give, nothing can be put back: read the row again
 // after a rollback. Outside a transaction, a write whose connection failed after it was sent is a
 // [*pgcc.CommitUnknownError] (it may have been applied; row is unchanged). ctx governs both statements.
+//
+// Given the handle of [txn.Last] on a [VersionCounter] table, Update sends nothing: the write is queued to
+// travel with the transaction's COMMIT, row's version is set to the next one (always the next one, even when
+// no value changes, since it must be known before the write runs) and put back if the transaction rolls
+// back. A conflict then makes the server skip COMMIT, and [txn.Run] returns the [*pgcc.ConflictError] this
+// method would have returned, with the current version read after the rollback; it does not retry it. With
+// [SkipVersionCheck], and on tables versioned by xmin or a timestamp, whose next version only the server
+// knows, the write is sent at once, as without Last.
 func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T, opts ...WriteOption) error {
 	if len(opts) == 0 {
 		if err := t.checkRow("Update", db, row); err != nil {
 			return err
+		}
+		if q := t.deferrable(db); q != nil {
+			return t.updateFinal(db, q, row, t.sql.finalUpdate, t.sql.updateSet, true)
 		}
 		return t.write(ctx, db, row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true, restore: true})
 	}
@@ -180,6 +192,9 @@ func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T, opts ...Wri
 		return fmt.Errorf("%w: Update of %s: %s", pgcc.ErrInvalidArgument, t.quoted, cfg.invalid)
 	}
 	ps := t.variant(t.sql.updateSet, cfg)
+	if q := t.deferrable(db); q != nil && ps.final != "" {
+		return t.updateFinal(db, q, row, ps.final, ps.set, !cfg.keepVersion)
+	}
 	return t.write(ctx, db, row, pgcc.OpUpdate, ps.sql, ps.set, writeMode{check: !cfg.skipCheck, bumps: !cfg.keepVersion, restore: true})
 }
 
@@ -187,7 +202,7 @@ func (t *Table[T]) Update(ctx context.Context, db pgcc.DBTX, row *T, opts ...Wri
 // keep whatever the database holds. It is guarded by the version as Update is, and changes it the same way. An
 // empty list, a key column, the version column, a column T does not map (a name with a NUL byte included) or
 // a column named twice is an error matching [pgcc.ErrInvalidArgument]. The statement for each set of columns
-// is built once and cached in t.
+// is built once and cached in t. Through [txn.Last] it is queued with COMMIT as Update is.
 func (t *Table[T]) UpdateColumns(ctx context.Context, db pgcc.DBTX, row *T, cols ...string) error {
 	if err := t.checkRow("UpdateColumns", db, row); err != nil {
 		return err
@@ -197,7 +212,20 @@ func (t *Table[T]) UpdateColumns(ctx context.Context, db pgcc.DBTX, row *T, cols
 		return err
 	}
 	ps := t.variant(set, writeConfig{})
+	if q := t.deferrable(db); q != nil {
+		return t.updateFinal(db, q, row, ps.final, ps.set, true)
+	}
 	return t.write(ctx, db, row, pgcc.OpUpdate, ps.sql, ps.set, writeMode{check: true, bumps: true, restore: true})
+}
+
+// updateFinal queues the compare-and-swap of row as a final write (see txn.Last), having checked what write
+// checks first.
+func (t *Table[T]) updateFinal(db pgcc.DBTX, q finalwrite.Queuer, row *T, sql string, set []int, bump bool) error {
+	if err := t.checkTracked(pgcc.OpUpdate, reflect.ValueOf(row).Elem()); err != nil {
+		return err
+	}
+	t.queueFinal(db, q, row, pgcc.OpUpdate, sql, set, bump, true, false)
+	return nil
 }
 
 // Delete deletes row provided it is still at row's version. A conflict is reported as [Table.Update]
@@ -465,6 +493,17 @@ const (
 // (isolation, access mode, timeouts) are refused with [pgcc.ErrInvalidArgument]: Modify runs no transaction
 // of its own; call it inside [txn.Run] with those options and pass it the pgx.Tx. ctx governs every statement
 // and every sleep, and is passed to fn.
+//
+// Inside [txn.Run], given txn.Last(tx) instead of tx, Modify reads the row (in the round trip that carries
+// BEGIN), calls fn, and queues the compare-and-swap to travel with COMMIT: the transaction costs two round
+// trips instead of three. The row returned is fn's result with the next version, computed by the client:
+// the write always gives the row the next version, even when fn changed no value, and columns a trigger sets
+// are not seen (as they are not by Update). A conflict is found by the server at COMMIT, after Modify
+// returned: nothing of the transaction commits, and Run runs the whole transaction again, fn included, under
+// Run's attempts and backoff (opts then only shape the read), reporting the [*pgcc.ConflictError] to
+// [txn.OnRetry] hooks and returning it when the attempts run out. This applies to [VersionCounter] tables;
+// on tables versioned by xmin or a timestamp, whose next version only the server knows, Modify writes at
+// once and retries conflicts itself, as with tx. See [txn.Last] and docs/latency.md.
 func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn func(ctx context.Context, row *T) error, opts ...txn.Option) (T, error) {
 	var out T
 	if err := t.check("Modify", db); err != nil {
@@ -518,6 +557,12 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 		rv := reflect.ValueOf(&row).Elem()
 		if err := t.checkTracked(pgcc.OpUpdate, rv); err != nil {
 			return err
+		}
+		if q := t.deferrable(db); q != nil {
+			// Sent with COMMIT; a conflict found there is retried by txn.Run, which runs fn (and this) again.
+			t.queueFinal(db, q, &row, pgcc.OpUpdate, t.sql.finalUpdate, t.sql.updateSet, true, false, true)
+			out = row
+			return nil
 		}
 		// The row is Modify's own copy: no rollback needs to put its version back.
 		written, expected, err := t.send(ctx, db, &row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true})
@@ -623,7 +668,11 @@ func (t *Table[T]) variant(set []int, cfg writeConfig) *partialStmt {
 	if ps, ok := t.partial.Load(key); ok {
 		return ps.(*partialStmt)
 	}
-	ps, _ := t.partial.LoadOrStore(key, &partialStmt{set: set, sql: t.d.updateSQL(set, !cfg.skipCheck, !cfg.keepVersion)})
+	nps := &partialStmt{set: set, sql: t.d.updateSQL(set, !cfg.skipCheck, !cfg.keepVersion)}
+	if t.d.kind == VersionCounter && !cfg.skipCheck {
+		nps.final = t.d.finalUpdateSQL(set, !cfg.keepVersion)
+	}
+	ps, _ := t.partial.LoadOrStore(key, nps)
 	return ps.(*partialStmt)
 }
 

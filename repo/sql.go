@@ -41,6 +41,7 @@ type statements struct {
 	insertOrGet string // INSERT … ON CONFLICT (key) DO NOTHING RETURNING insertRet, version
 	upsert      string // INSERT … ON CONFLICT (key) DO UPDATE … WHERE version = 0 RETURNING …, inserted (counter only)
 	update      string // UPDATE t SET cols, version bumped if a value changed WHERE key AND version RETURNING version
+	finalUpdate string // update as a final write: version bumped, no row matched an error (counter only)
 	delete      string // DELETE FROM t WHERE key AND version
 	deleteAny   string // DELETE FROM t WHERE key
 	force       string // UPDATE t SET version bumped WHERE key AND version RETURNING version
@@ -289,6 +290,9 @@ func (d *desc) build() statements {
 	}
 
 	s.update = d.updateSQL(s.updateSet, true, true)
+	if d.kind == VersionCounter {
+		s.finalUpdate = d.finalUpdateSQL(s.updateSet, true)
+	}
 	s.force = d.forceSQL()
 	s.delete = d.deleteSQL(true)
 	s.deleteAny = d.deleteSQL(false)

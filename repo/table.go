@@ -190,8 +190,9 @@ type Table[T any] struct {
 
 // partialStmt is a cached UPDATE of some columns.
 type partialStmt struct {
-	set []int
-	sql string
+	set   []int
+	sql   string
+	final string // the same as a final write (finalUpdateSQL), for a counter table with the check
 }
 
 // NewTable describes the table name whose rows map to the struct T, as pgx.RowToStructByName maps them: an

@@ -19,7 +19,8 @@
 // Across a network, a transaction's latency, and how long it holds its row locks, are counted in round trips.
 // Run sends BEGIN in the same round trip as fn's first statement, and [Final] queues fn's last write to
 // travel with COMMIT: a read-then-write transaction costs two round trips, half of what BEGIN, read, write,
-// COMMIT sent one by one cost. docs/latency.md has the measurements.
+// COMMIT sent one by one cost. [Last] does the same for the version-checked writes of package repo (a Modify,
+// an Update), whose conflict the server then reports at COMMIT. docs/latency.md has the measurements.
 //
 // # What is retried
 //

@@ -8,9 +8,14 @@ import (
 )
 
 // Retryable reports whether PostgreSQL said the transaction may succeed if run again: a serialization failure
-// (SQLSTATE 40001) or a deadlock (40P01), anywhere in err's chain. These abort the whole transaction, so only
-// the outermost transaction can retry them.
+// (SQLSTATE 40001) or a deadlock (40P01), anywhere in err's chain, or the version conflict of a
+// repo.Table.Modify queued with [Last], found by the server at COMMIT, which a fresh read settles. These
+// abort the whole transaction, so only the outermost transaction can retry them.
 func Retryable(err error) bool {
+	var fe *finalError
+	if errors.As(err, &fe) && fe.retry {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return false

@@ -126,3 +126,50 @@ func TestFinalOutsideRun(t *testing.T) {
 		t.Errorf("Final in a savepoint: %v, want ErrInvalidArgument", err)
 	}
 }
+
+// TestLast: Last wraps only the transaction Run began; the handle it returns is that transaction for
+// everything else (hooks, Final, nested Run), and statements sent through it are sent at once.
+func TestLast(t *testing.T) {
+	t.Parallel()
+	db, pool := setup(t, 2)
+	ctx := context.Background()
+	plain, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = plain.Rollback(ctx) }()
+	if got := txn.Last(plain); got != plain {
+		t.Errorf("Last of a transaction Run did not begin: %T, want it unchanged", got)
+	}
+	rolledBack := 0
+	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		last := txn.Last(tx)
+		if last == tx {
+			t.Error("Last of Run's transaction returned it unchanged")
+		}
+		if err := txn.Run(ctx, tx, func(ctx context.Context, sp pgx.Tx) error {
+			if got := txn.Last(sp); got != sp {
+				t.Errorf("Last of a savepoint: %T, want it unchanged", got)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := txn.AfterRollback(last, func() { rolledBack++ }); err != nil {
+			return err
+		}
+		if _, err := last.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1"); err != nil {
+			return err
+		}
+		if err := txn.Run(ctx, last, func(ctx context.Context, sp pgx.Tx) error { return increment(ctx, sp) }); err != nil {
+			return err
+		}
+		return txn.Final(last, "UPDATE accounts SET balance = balance + 1 WHERE id = $1", 1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := balance(t, db); b != 103 || rolledBack != 0 {
+		t.Errorf("balance %d, %d rollback hooks; want 103, 0", b, rolledBack)
+	}
+}

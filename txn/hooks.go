@@ -94,6 +94,9 @@ func AfterRollback(tx pgx.Tx, fn func()) error {
 }
 
 func managedOf(tx pgx.Tx, what string) (*managed, error) {
+	if l, ok := tx.(*lastTx); ok && l != nil {
+		tx = l.managed
+	}
 	m, ok := tx.(*managed)
 	if !ok || m == nil {
 		return nil, fmt.Errorf("%w: %s needs the pgx.Tx that txn.Run gave its function, not a %T", pgcc.ErrInvalidArgument, what, tx)

@@ -445,7 +445,7 @@ func nested(ctx context.Context, tx pgx.Tx, fn func(context.Context, pgx.Tx) err
 		return err
 	}
 	sp := &managed{Tx: raw}
-	if parent, ok := tx.(*managed); ok {
+	if parent, err := managedOf(tx, "Run"); err == nil {
 		sp.parent = parent
 	}
 	released := false

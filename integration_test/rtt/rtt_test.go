@@ -1,9 +1,10 @@
 // Package rtt_test measures what a network between the service and PostgreSQL costs: every benchmark runs
 // through an in-process proxy (internal/faultnet) that adds a fixed round-trip time to each flight and counts
 // the client's flights, and reports round trips per operation (rt/op) beside ops/s. Each workload is written
-// twice, once with pgcc and once as hand-written pgx sending the same statements one at a time (BEGIN, the
-// statements, COMMIT), and, as the floor, once as pgx pipelining BEGIN with the first statement and COMMIT
-// with the last write.
+// with pgcc, with pgcc sending its last write with COMMIT (pgcc-final: txn.Final, or txn.Last for a repo
+// write), as hand-written pgx sending the same statements one at a time (BEGIN, the statements, COMMIT),
+// and, as the floor, as pgx pipelining BEGIN with the first statement and COMMIT with the last write.
+// TestRoundTrips checks the round trips of each.
 //
 //	go test -run '^$' -bench . -benchtime 200x -count 3 ./integration_test/rtt/
 //
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -200,6 +202,15 @@ func workloads() []workload {
 					return err
 				})
 			}},
+			{"pgcc-final", func(ctx context.Context, e *env, id int64) error {
+				return txn.Run(ctx, e.pool, func(ctx context.Context, tx pgx.Tx) error {
+					_, err := e.accounts.Modify(ctx, txn.Last(tx), pgcc.Key{id}, func(_ context.Context, a *Account) error {
+						a.N++
+						return nil
+					})
+					return err
+				}, txn.WithMaxAttempts(100))
+			}},
 			{"pgx", func(ctx context.Context, e *env, id int64) error {
 				for {
 					err := pgxTx(ctx, e.pool, pgx.TxOptions{}, func(tx pgx.Tx) error {
@@ -362,7 +373,7 @@ func workloads() []workload {
 
 // setup creates the tables on a fresh database behind a proxy, and returns a function giving a pool of c
 // connections through it (one pool per c, opened on first use).
-func setup(b *testing.B) (func(c int) *env, *faultnet.Proxy) {
+func setup(b testing.TB) (func(c int) *env, *faultnet.Proxy) {
 	b.Helper()
 	db := pgtest.NewDB(b)
 	p, dsn := faultnet.ForDSN(b, db.DSN)
@@ -451,6 +462,90 @@ func BenchmarkRTT(b *testing.B) {
 						run(b, pool(c), p, c, w.hot, im.op)
 					})
 				}
+			}
+		}
+	}
+}
+
+// BenchmarkAlternating runs the implementations of each workload one operation after the other, in turn,
+// on one connection (c=1), and reports each one's median latency (impl-µs) and its ratio to hand-written
+// pgx (impl/pgx, below 1 is faster): on a machine whose load changes from one second to the next, a load
+// spike then falls on every implementation alike, where BenchmarkRTT's cells, run one after the other, can
+// differ by a factor of two. b.N is the number of turns.
+//
+//	go test -run '^$' -bench 'Alternating/modify-pool' -benchtime 1000x ./integration_test/rtt/
+func BenchmarkAlternating(b *testing.B) {
+	pgtest.Deadline(b, time.Hour)
+	pool, p := setup(b)
+	for _, w := range workloads() {
+		for _, rtt := range []time.Duration{0, time.Millisecond} {
+			b.Run(fmt.Sprintf("%s/rtt=%v", w.name, rtt), func(b *testing.B) {
+				p.SetRTT(rtt)
+				e := pool(1)
+				ctx := context.Background()
+				r := rand.New(rand.NewPCG(1, 42))
+				id := func() int64 {
+					if w.hot {
+						return 1
+					}
+					return r.Int64N(rows) + 1
+				}
+				for range 4 { // open the connection, prepare the statements
+					for _, im := range w.impl {
+						if err := im.op(ctx, e, id()); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				times := make([][]time.Duration, len(w.impl))
+				for b.Loop() {
+					for i, im := range w.impl {
+						start := time.Now()
+						if err := im.op(ctx, e, id()); err != nil {
+							b.Fatal(err)
+						}
+						times[i] = append(times[i], time.Since(start))
+					}
+				}
+				median := make([]float64, len(w.impl))
+				for i := range w.impl {
+					slices.Sort(times[i])
+					median[i] = float64(times[i][len(times[i])/2].Microseconds())
+				}
+				pgx := slices.IndexFunc(w.impl, func(im impl) bool { return im.name == "pgx" })
+				for i, im := range w.impl {
+					b.ReportMetric(median[i], im.name+"-µs")
+					if i != pgx && pgx >= 0 && median[pgx] > 0 {
+						b.ReportMetric(median[i]/median[pgx], im.name+"/pgx")
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestRoundTrips checks the round trips per operation that the benchmarks report, on one connection without
+// added latency: what each implementation sends does not depend on either.
+func TestRoundTrips(t *testing.T) {
+	t.Parallel()
+	want := map[string]float64{"pgx": 4, "pgcc": 3, "pgcc-final": 2, "pgx-pipelined": 2}
+	pool, p := setup(t)
+	e := pool(1)
+	for _, w := range workloads() {
+		for _, im := range w.impl {
+			n := want[im.name]
+			if w.name == "modify-pool" {
+				n = 2 // a read and an autocommitted compare-and-swap, for pgx and pgcc alike
+			}
+			ctx := context.Background()
+			for id := range int64(2) { // the first prepares the statements
+				p.ResetStats()
+				if err := im.op(ctx, e, id+1); err != nil {
+					t.Fatalf("%s/%s: %v", w.name, im.name, err)
+				}
+			}
+			if got := float64(p.Stats().Flights); got != n {
+				t.Errorf("%s/%s: %v round trips, want %v", w.name, im.name, got, n)
 			}
 		}
 	}
