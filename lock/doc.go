@@ -35,7 +35,7 @@
 //
 //	acct, err := lock.Update(ctx, pool, accounts, pgcc.Key{id}, func(ctx context.Context, a *Account) error {
 //		if a.Balance < amount {
-//			return ErrInsufficientFunds // rolled back, nothing written
+//			return fmt.Errorf("account %d has %d", a.ID, a.Balance) // rolled back, nothing written
 //		}
 //		a.Balance -= amount
 //		return nil

@@ -117,6 +117,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	start := time.Now()
 	var rep *bench.Report
 	if o.from != "" {
+		if rtt, err := readRTTReport(o.from); err == nil {
+			return printRTT(rtt, o, start, stdout, stderr) // a -rtt run's report
+		}
 		rep, err = readReport(o.from)
 	} else {
 		rep, err = measure(ctx, o, stderr, getenv)

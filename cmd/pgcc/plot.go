@@ -144,7 +144,10 @@ func writeRTTPlots(r *rttReport, dir, format string) ([]string, error) {
 	for _, w := range r.Config.Workloads {
 		for _, c := range r.Config.Workers {
 			p := plot.New()
-			p.Title.Text = fmt.Sprintf("%s, %d worker(s): committed operations per second", w, c)
+			// The conditions go into the title: a plot copied away from its table still says how loaded the
+			// machine was.
+			p.Title.Text = fmt.Sprintf("%s, %d worker(s): committed operations per second\n%d CPUs, load %s; %s per cell, median of %d round(s)",
+				w, c, r.Machine.CPUs, r.Machine.Load, cellSize(r), r.Config.Rounds)
 			p.X.Label.Text = "round-trip time added (ms)"
 			p.Y.Label.Text = "ops/s"
 			p.Legend.Top = true

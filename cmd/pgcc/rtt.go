@@ -184,6 +184,27 @@ func runRTT(ctx context.Context, o *benchOptions, stdout, stderr io.Writer, gete
 	if err != nil {
 		return err
 	}
+	return printRTT(rep, o, start, stdout, stderr)
+}
+
+// readRTTReport reads the JSON report of a -rtt run; a report of anything else is an error.
+func readRTTReport(path string) (*rttReport, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rep rttReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, err
+	}
+	if len(rep.Config.RTTms) == 0 || len(rep.Cells) == 0 {
+		return nil, fmt.Errorf("%s is not the report of a -rtt run", path)
+	}
+	return &rep, nil
+}
+
+// printRTT prints rep's table and writes its JSON and plots as o asks; it fails when operations failed.
+func printRTT(rep *rttReport, o *benchOptions, start time.Time, stdout, stderr io.Writer) error {
 	out := stdout
 	if o.jsonPath == "-" {
 		out = stderr

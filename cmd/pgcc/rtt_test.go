@@ -109,6 +109,14 @@ func TestBenchRTT(t *testing.T) {
 			t.Errorf("cell %+v: want 8 ops without errors at %v round trips each", c, want)
 		}
 	}
+	// The report prints and plots again from its JSON, without a database.
+	replot := filepath.Join(dir, "again")
+	if code, out2, stderr := pgcc(t, "bench", "-from", jsonPath, "-plots", replot, "-plot-format", "svg"); code != 0 || out2 != out {
+		t.Errorf("-from: exit %d, %s; table differs: %v", code, stderr, out2 != out)
+	}
+	if _, err := os.Stat(filepath.Join(replot, "rtt-modify-pool-c2.svg")); err != nil {
+		t.Errorf("-from did not plot: %v", err)
+	}
 	for _, name := range []string{"rtt-forupdate-c1.png", "rtt-forupdate-c2.png", "rtt-modify-pool-c1.png", "rtt-modify-pool-c2.png"} {
 		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !strings.HasPrefix(string(b), "\x89PNG") {
 			t.Errorf("%s: not a PNG (%v)", name, err)
