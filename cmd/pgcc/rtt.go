@@ -436,13 +436,18 @@ func (r *rttReport) writeTable(out io.Writer) error {
 		for _, rtt := range r.Config.RTTms {
 			fmt.Fprintf(out, "\nc=%d, RTT %vms (ops/s, round trips per op)\n", c, rtt)
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprint(tw, "workload\t")
+			// Numbers align right; names padded to one width read as aligned left.
+			width := len("workload")
+			for _, w := range r.Config.Workloads {
+				width = max(width, len(w))
+			}
+			fmt.Fprintf(tw, "%-*s\t", width, "workload")
 			for _, im := range rttImpls {
 				fmt.Fprintf(tw, "%s\t", im)
 			}
 			fmt.Fprint(tw, "pgcc/pgx\t\n")
 			for _, w := range r.Config.Workloads {
-				fmt.Fprintf(tw, "%s\t", w)
+				fmt.Fprintf(tw, "%-*s\t", width, w)
 				for _, im := range rttImpls {
 					if x := r.cell(w, im, rtt, c); x != nil {
 						fmt.Fprintf(tw, "%.0f · %.1f\t", x.OpsPerSec, x.RoundTrips)
