@@ -24,6 +24,23 @@
 // one statement with one typed array per key column, which works with every pgx query exec mode and behind
 // PgBouncer.
 //
+// # Read-modify-write in two round trips
+//
+// [Update] and [ClaimAndUpdate] run the whole pessimistic pattern as a transaction of their own (txn.Run):
+// lock a row by key (or claim a batch of a queue with SKIP LOCKED), hand it to a Go function, write the
+// columns the function changed, commit. Because they know their write is the last statement, it travels with
+// COMMIT ([txn.Final]) and BEGIN with the lock statement: two round trips instead of four, and a row lock held
+// for one round trip instead of two. A write the server refuses commits nothing and is a [*WriteError] naming
+// the table and keys:
+//
+//	acct, err := lock.Update(ctx, pool, accounts, pgcc.Key{id}, func(ctx context.Context, a *Account) error {
+//		if a.Balance < amount {
+//			return fmt.Errorf("account %d has %d", a.ID, a.Balance) // rolled back, nothing written
+//		}
+//		a.Balance -= amount
+//		return nil
+//	})
+//
 // # Strength
 //
 // The default [Strength] is [ForNoKeyUpdate], what PostgreSQL itself takes for an UPDATE that leaves the key
@@ -81,6 +98,6 @@
 // docs/reliability.md lists them.
 //
 // docs/architecture.md shows where lock sits among the other packages: it imports no other pgcc package but
-// the shared vocabulary, locks repo tables through its own [Table] interface, and takes transactions as
+// the shared vocabulary and txn (whose Run and Final [Update] and [ClaimAndUpdate] use), locks repo tables through its own [Table] interface, and takes transactions as
 // pgx.Tx, so it composes with txn.Run for retries.
 package lock

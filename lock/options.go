@@ -7,6 +7,7 @@ import (
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/lockwait"
+	"github.com/pgcc/pgcc/txn"
 )
 
 // Strength is the row-lock mode of a SELECT … FOR …; docs/pessimistic.md has the conflict table. The zero
@@ -98,6 +99,8 @@ type config struct {
 	allowMissing bool
 	lossCheck    time.Duration
 	observer     pgcc.Observer
+	run          []txn.Option
+	runSet       bool
 	invalid      []string
 }
 
@@ -282,16 +285,18 @@ const LossCheckTimeout = 2 * time.Second
 type use int
 
 const (
-	useRows    use = iota // Rows, Load
-	useRow                // Row
-	useSelect             // Select
-	useClaim              // Claim
-	useXact               // XactLock, TryXactLock
-	useSession            // SessionLock, TrySessionLock
+	useRows        use = iota // Rows, Load
+	useRow                    // Row
+	useSelect                 // Select
+	useClaim                  // Claim
+	useXact                   // XactLock, TryXactLock
+	useSession                // SessionLock, TrySessionLock
+	useUpdate                 // Update
+	useClaimUpdate            // ClaimAndUpdate
 )
 
 var useNames = [...]string{useRows: "Rows and Load", useRow: "Row", useSelect: "Select", useClaim: "Claim",
-	useXact: "advisory locks", useSession: "session locks"}
+	useXact: "advisory locks", useSession: "session locks", useUpdate: "Update", useClaimUpdate: "ClaimAndUpdate"}
 
 // newConfig applies opts and reports every invalid option, and every option the function cannot honour, in
 // one error naming them.
@@ -305,11 +310,15 @@ func newConfig(u use, opts []Option) (*config, error) {
 		o(c)
 	}
 	name := useNames[u]
-	if c.whereSet && u != useSelect && u != useClaim {
+	claims := u == useClaim || u == useClaimUpdate
+	if c.whereSet && u != useSelect && !claims {
 		c.refuse("%s take no Where (Select and Claim do)", name)
 	}
-	if c.orderBy != "" && u != useSelect && u != useClaim {
+	if c.orderBy != "" && u != useSelect && !claims {
 		c.refuse("%s take no OrderBy (Select and Claim do)", name)
+	}
+	if c.runSet && u != useUpdate && u != useClaimUpdate {
+		c.refuse("%s take no WithRunOptions (Update and ClaimAndUpdate, which run their own transaction, do)", name)
 	}
 	if c.limitSet && u != useSelect {
 		c.refuse("%s take no Limit option (Select does; Claim takes its limit as an argument)", name)
@@ -321,7 +330,11 @@ func newConfig(u use, opts []Option) (*config, error) {
 		c.refuse("%s take no WithLossCheck (session locks do)", name)
 	}
 	switch u {
-	case useClaim:
+	case useUpdate:
+		if c.wait == SkipLocked {
+			c.refuse("Update cannot skip its row; use NoWait, or ClaimAndUpdate for a work queue")
+		}
+	case useClaim, useClaimUpdate:
 		if c.waitSet && c.wait != SkipLocked {
 			c.refuse("Claim always skips locked rows; it takes no other wait policy")
 		}
@@ -341,6 +354,17 @@ func newConfig(u use, opts []Option) (*config, error) {
 		return nil, fmt.Errorf("%w: %s", pgcc.ErrInvalidArgument, strings.Join(c.invalid, "; "))
 	}
 	return c, nil
+}
+
+// WithRunOptions gives the options of the transaction that [Update] and [ClaimAndUpdate] run with txn.Run:
+// its retry policy (txn.WithMaxAttempts, txn.WithBackoff, txn.RetryIf, txn.RetryLockNotAvailable), isolation,
+// timeouts, observer and label. Only those two functions take it: the other functions of the package run
+// inside the caller's transaction. Given twice, the lists are joined in order.
+func WithRunOptions(opts ...txn.Option) Option {
+	return func(c *config) {
+		c.run = append(c.run, opts...)
+		c.runSet = true
+	}
 }
 
 // bounds is the part of c that bounds a lock statement run on db, with the observer of db's transaction or,

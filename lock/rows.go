@@ -101,7 +101,16 @@ func Row(ctx context.Context, tx pgx.Tx, t Table, key pgcc.Key, opts ...Option) 
 // [Table.SelectColumns] by name, as pgx.RowToStructByName does; a mismatch is an error naming the table and
 // T. Locking happens in ascending key order whatever the order asked.
 func Load[T any](ctx context.Context, tx pgx.Tx, t TableOf[T], keys []pgcc.Key, opts ...Option) ([]T, error) {
-	cfg, ks, d, err := prepareKeys(useRows, tx, t, keys, true, opts)
+	cfg, err := newConfig(useRows, opts)
+	if err != nil {
+		return nil, err
+	}
+	return load(ctx, tx, t, keys, cfg)
+}
+
+// load is [Load] with its options applied.
+func load[T any](ctx context.Context, tx pgx.Tx, t TableOf[T], keys []pgcc.Key, cfg *config) ([]T, error) {
+	ks, d, err := checkKeys(tx, t, keys, true)
 	if err != nil || ks.Len() == 0 {
 		return nil, err
 	}
@@ -249,20 +258,26 @@ func selectRows[T any](ctx context.Context, tx pgx.Tx, t TableOf[T], cfg *config
 // prepareKeys applies the options and checks the transaction, the table and the keys, before anything is
 // sent.
 func prepareKeys(u use, tx pgx.Tx, t Table, keys []pgcc.Key, withCols bool, opts []Option) (*config, lockwait.KeySet, described, error) {
-	var ks lockwait.KeySet
 	cfg, err := newConfig(u, opts)
 	if err != nil {
-		return nil, ks, described{}, err
+		return nil, lockwait.KeySet{}, described{}, err
 	}
+	ks, d, err := checkKeys(tx, t, keys, withCols)
+	return cfg, ks, d, err
+}
+
+// checkKeys checks the transaction, the table and the keys, before anything is sent.
+func checkKeys(tx pgx.Tx, t Table, keys []pgcc.Key, withCols bool) (lockwait.KeySet, described, error) {
+	var ks lockwait.KeySet
 	if err := checkTx(tx); err != nil {
-		return nil, ks, described{}, err
+		return ks, described{}, err
 	}
 	d, err := describe(t, withCols)
 	if err != nil {
-		return nil, ks, d, err
+		return ks, d, err
 	}
 	ks, err = lockwait.NewKeySet(d.ident, d.keyCols, keys, d.floatOK)
-	return cfg, ks, d, err
+	return ks, d, err
 }
 
 // keyedRequest builds the lock statement for the keys of ks, reading cols (none for Rows and Row):

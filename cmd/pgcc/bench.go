@@ -27,6 +27,8 @@ type benchOptions struct {
 	tolerateFailures bool
 	// from, when set, is a JSON report to print and plot again instead of running anything.
 	from string
+	// rtt, when set, runs the round-trip comparison instead (rtt.go).
+	rtt *rttOptions
 }
 
 func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
@@ -58,8 +60,16 @@ func parseBench(args []string, stderr io.Writer) (*benchOptions, error) {
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress line")
 	fs.BoolVar(&o.tolerateFailures, "tolerate-failures", false, "exit 0 even if pgcc operations failed for good (exhausted retries); a broken invariant still exits 1")
 	fs.StringVar(&o.from, "from", "", "print and plot a JSON report of an earlier run instead of running (no database needed)")
+	var rtts string
+	var rounds int
+	fs.StringVar(&rtts, "rtt", "", "instead of the contention benchmark, compare pgcc with hand-written pgx through an in-process proxy adding\n"+
+		"each of these round-trip times (comma-separated, e.g. 0,500us,1ms); counts round trips per operation")
+	fs.IntVar(&rounds, "rounds", 1, "with -rtt: run the whole grid this many times and report each cell's median")
 	if err := parse(fs, args, stderr); err != nil {
 		return nil, err
+	}
+	if rtts != "" || isSet(fs, "rounds") {
+		return o, parseRTT(o, fs, rtts, rounds, workloads, workers)
 	}
 	if err := checkExecMode(o.execMode); err != nil {
 		return nil, err
@@ -101,9 +111,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	if err != nil {
 		return err
 	}
+	if o.rtt != nil {
+		return runRTT(ctx, o, stdout, stderr, getenv)
+	}
 	start := time.Now()
 	var rep *bench.Report
 	if o.from != "" {
+		if rtt, err := readRTTReport(o.from); err == nil {
+			return printRTT(rtt, o, start, stdout, stderr) // a -rtt run's report
+		}
 		rep, err = readReport(o.from)
 	} else {
 		rep, err = measure(ctx, o, stderr, getenv)

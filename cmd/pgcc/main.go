@@ -1,7 +1,8 @@
 // Command pgcc shows what each concurrency-control strategy does to a workload on your own PostgreSQL.
 //
 //	pgcc demo    lost updates without control, none with each pgcc strategy (under a minute)
-//	pgcc bench   contention benchmark: workloads × strategies × workers, table, JSON, plots, pgbench ratios
+//	pgcc bench   contention benchmark: workloads × strategies × workers, table, JSON, plots, pgbench ratios;
+//	             with -rtt, pgcc against hand-written pgx through a proxy adding round-trip time
 //	pgcc locks   who blocks whom right now, once or every few seconds
 //
 // The database is taken from -dsn, else DATABASE_URL, else the server on 127.0.0.1:5432, else a PostgreSQL
@@ -53,6 +54,7 @@ const usage = `usage: pgcc <command> [flags]
 commands:
   demo    run one read-modify-write workload naively and with each pgcc strategy; count lost updates
   bench   measure workloads × strategies × workers; write a table, JSON and plots; compare with pgbench
+          (-rtt 0,500us,1ms: pgcc against hand-written pgx across added round-trip times, round trips counted)
   locks   show who blocks whom on the server (pg_locks, pg_blocking_pids)
 
 database: -dsn, else $DATABASE_URL, else postgres@127.0.0.1:5432, else a testcontainers PostgreSQL.

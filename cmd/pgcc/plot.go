@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -126,4 +127,70 @@ func singleStatementReference(r *bench.Report, w bench.Workload) plotter.XYs {
 	}
 	sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
 	return pts
+}
+
+// writeRTTPlots writes one plot per workload and worker count of a -rtt run into dir: operations per second
+// against the added round-trip time, one line per implementation (hand-written pgx, pgcc, pgcc with its last
+// write sent with COMMIT, pipelined pgx), named rtt-<workload>-c<workers>.<format>. It returns the files
+// written.
+func writeRTTPlots(r *rttReport, dir, format string) ([]string, error) {
+	if format != "png" && format != "svg" {
+		return nil, fmt.Errorf("%w: plot format %q: want png or svg", bench.ErrInvalidConfig, format)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, w := range r.Config.Workloads {
+		for _, c := range r.Config.Workers {
+			p := plot.New()
+			// The conditions go into the title: a plot copied away from its table still says how loaded the
+			// machine was.
+			p.Title.Text = fmt.Sprintf("%s, %d worker(s): committed operations per second\n%d CPUs, load %s; %s per cell, median of %d round(s)",
+				w, c, r.Machine.CPUs, r.Machine.Load, cellSize(r), r.Config.Rounds)
+			p.X.Label.Text = "round-trip time added (ms)"
+			p.Y.Label.Text = "ops/s"
+			p.Legend.Top = true
+			var lines []any
+			for _, im := range rttImpls {
+				var pts plotter.XYs
+				rt := 0.0
+				for _, x := range r.Cells {
+					if x.Workload == w && x.Impl == im && x.Workers == c {
+						pts = append(pts, plotter.XY{X: x.RTTms, Y: x.OpsPerSec})
+						rt = x.RoundTrips
+					}
+				}
+				if len(pts) == 0 {
+					continue
+				}
+				sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
+				lines = append(lines, fmt.Sprintf("%s (%.1f round trips/op)", im, rt), pts)
+			}
+			if len(lines) == 0 {
+				continue
+			}
+			if err := plotutil.AddLinePoints(p, lines...); err != nil {
+				return files, err
+			}
+			p.Y.Min = 0
+			p.Y.Max *= 1.4 // room above the lines for the legend
+			var ticks []plot.Tick
+			for _, v := range r.Config.RTTms {
+				ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', -1, 64)})
+			}
+			p.X.Tick.Marker = plot.ConstantTicks(ticks)
+			span := slices.Max(r.Config.RTTms) - slices.Min(r.Config.RTTms)
+			if span == 0 {
+				span = 1 // one round-trip time: a single column of points
+			}
+			p.X.Min, p.X.Max = slices.Min(r.Config.RTTms)-0.05*span, slices.Max(r.Config.RTTms)+0.05*span
+			path := filepath.Join(dir, fmt.Sprintf("rtt-%s-c%d.%s", w, c, format))
+			if err := p.Save(7*vg.Inch, 4.5*vg.Inch, path); err != nil {
+				return files, fmt.Errorf("pgcc bench: write %s: %w", path, err)
+			}
+			files = append(files, path)
+		}
+	}
+	return files, nil
 }
