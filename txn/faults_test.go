@@ -151,7 +151,7 @@ func TestLostCommitReplyResolvedBySaturatedPool(t *testing.T) {
 	})
 	ctx := context.Background()
 
-	// Hogs queue on the pool for as long as the test runs, each holding a connection for 3 s: once Run's
+	// Hogs queue on the pool for as long as the test runs, each holding a connection for 30 s: once Run's
 	// connection breaks, the slot it frees goes to a hog that was waiting before the look-up.
 	hogCtx, stopHogs := context.WithCancel(ctx)
 	defer stopHogs()
@@ -169,7 +169,7 @@ func TestLostCommitReplyResolvedBySaturatedPool(t *testing.T) {
 				}
 				select {
 				case <-hogCtx.Done():
-				case <-time.After(3 * time.Second):
+				case <-time.After(30 * time.Second):
 				}
 				c.Release()
 			}
@@ -178,7 +178,8 @@ func TestLostCommitReplyResolvedBySaturatedPool(t *testing.T) {
 	defer hogs.Wait()
 
 	proxy.LoseReply(1, pgfailtest.IsCommit)
-	runCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	// Shorter than the hogs' hold, long enough for a fresh connection on a loaded machine.
+	runCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	calls := 0
 	err := txn.Run(runCtx, pool, func(ctx context.Context, tx pgx.Tx) error {
