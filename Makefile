@@ -46,11 +46,13 @@ FAULTS_WORKERS  ?= 32
 FAULTS_CONNS    ?= 8
 FAULTS_ACCOUNTS ?= 100
 FAULTS_RACE     ?=
+# FAULTS_TESTS picks cells by go test -run pattern, e.g. 'TestBackendKills/(lease|pessimistic)$$'.
+FAULTS_TESTS    ?= .
 faults:
 	@status=0; PGCC_TEST_RUN=$(RUN) PGCC_FAULTS_LONG=1 PGCC_FAULTS_DURATION=$(FAULTS_DURATION) \
 	PGCC_FAULTS_OPS=$(FAULTS_OPS) PGCC_FAULTS_ACCOUNTS=$(FAULTS_ACCOUNTS) \
 	PGCC_FAULTS_WORKERS=$(FAULTS_WORKERS) PGCC_FAULTS_CONNS=$(FAULTS_CONNS) \
-	$(GO) test $(FAULTS_RACE) -count=1 -v -timeout 4h ./integration_test/faults/ || status=$$?; \
+	$(GO) test $(FAULTS_RACE) -count=1 -v -timeout 4h -run '$(FAULTS_TESTS)' ./integration_test/faults/ || status=$$?; \
 	$(GO) run ./internal/pgtest/sweep -run $(RUN) || true; exit $$status
 
 ## deps: what importing pgcc costs a service (modules and go.sum lines), against the floor; fails past the limits.
