@@ -277,6 +277,19 @@ func (c *Combiner[T]) run(ctx context.Context, key pgcc.Key, batch []*combineCal
 		if !changed {
 			return nil
 		}
+		if last := txn.Last(tx); t.deferrable(last) != nil {
+			// The batch's one write travels with COMMIT: BEGIN with the read, the write with COMMIT, two
+			// round trips for the whole batch. The row is locked, so the version check cannot fail but for a
+			// writer that ignores the lock; it is a conflict then, and Run runs the batch again.
+			t.queueFinal(last, t.deferrable(last), &cur, pgcc.OpUpdate, t.sql.finalUpdate, t.sql.updateSet, true, false, true)
+			ver := t.versionValue(reflect.ValueOf(&cur).Elem().FieldByIndex(t.version.index))
+			for _, call := range batch {
+				if call.applied {
+					t.setVersion(reflect.ValueOf(&call.row).Elem().FieldByIndex(t.version.index), ver)
+				}
+			}
+			return nil
+		}
 		written, expected, err := t.send(ctx, tx, &cur, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true})
 		if err != nil {
 			return err

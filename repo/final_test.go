@@ -245,3 +245,36 @@ func TestModifyLastConnectionLost(t *testing.T) {
 		t.Errorf("account %+v, want balance 110 at version 2 (the server committed; only the answer was lost)", a)
 	}
 }
+
+// TestCombineBatchRoundTrips: a combined batch is one transaction whose only write travels with COMMIT: BEGIN
+// with the locking read, the write with COMMIT, two round trips for the whole batch, and the row returned is
+// the row stored.
+func TestCombineBatchRoundTrips(t *testing.T) {
+	t.Parallel()
+	direct, accounts, pool, p := proxiedFinal(t)
+	ctx := context.Background()
+	c, err := accounts.Combine(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deposit := func() Account {
+		t.Helper()
+		got, err := c.Modify(ctx, pgcc.Key{int64(1)}, func(_ context.Context, a *Account) error { a.Balance += 5; return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	deposit() // prepares the statements
+	p.ResetStats()
+	got := deposit()
+	if n := p.Stats().Flights; n != 2 {
+		t.Errorf("a combined batch of one: %d round trips, want 2", n)
+	}
+	if want := (Account{ID: 1, Owner: "owner-1", Balance: 110, Version: 3}); got != want {
+		t.Errorf("Modify returned %+v, want %+v", got, want)
+	}
+	if stored := mustGet(t, accounts, direct, int64(1)); stored != got {
+		t.Errorf("stored %+v, Modify returned %+v", stored, got)
+	}
+}

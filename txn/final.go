@@ -2,9 +2,11 @@ package txn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/finalwrite"
@@ -147,10 +149,18 @@ func commit(ctx context.Context, raw pgx.Tx, tx *managed) error {
 	for _, w := range tx.final {
 		if _, err := br.Exec(); err != nil {
 			_ = br.Close()
-			if pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
+			// An error the server sent as this write's answer (a FATAL too, when its backend was terminated
+			// before or while the flight arrived) means it never reached COMMIT, which comes later in the same
+			// flight: nothing committed. Any other failure of the connection leaves the outcome unknown.
+			var pgErr *pgconn.PgError
+			answered := errors.As(err, &pgErr)
+			if !answered && pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
 				return err
 			}
 			rollback(ctx, l)
+			if pgfail.ConnectionFailed(err) {
+				return &finalError{err: err} // the connection is gone, and COMMIT did not run
+			}
 			return w.refused(ctx, l.conn, err)
 		}
 	}

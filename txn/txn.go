@@ -357,6 +357,15 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		tx.committed(ctx)
 		return failed, nil
 	}
+	if fe := (*finalError)(nil); errors.As(err, &fe) {
+		// A final write failed before COMMIT ran: nothing committed. When its connection failed, the attempt
+		// is lost, as any attempt whose connection fails before COMMIT.
+		tx.rolledBack()
+		if !fe.mapped && pgfail.ConnectionFailed(fe.err) {
+			return lost, fe.err
+		}
+		return failed, err
+	}
 	if pgfail.Classify(err, pgfail.Commit) != pgfail.Unknown {
 		tx.rolledBack()
 		return failed, err
