@@ -474,3 +474,40 @@ func TestReadOnlyServer(t *testing.T) {
 		t.Errorf("balance %d, want 101", b)
 	}
 }
+
+// TestBackendTerminatedBeforeFinalFlight: the backend is terminated after fn's read and before the flight
+// that carries the final write and COMMIT. The server's FATAL is the answer to the final write, which comes
+// before COMMIT in that flight, so COMMIT never ran: the attempt is lost, not commit-unknown, and Run retries
+// it on a fresh connection; the increment is applied once.
+func TestBackendTerminatedBeforeFinalFlight(t *testing.T) {
+	t.Parallel()
+	db, pool := setup(t, 1, func(c *pgxpool.Config) {
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	})
+	ctx := context.Background()
+	admin := db.Conn(t)
+	var retried []error
+	calls := 0
+	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		calls++
+		var b int
+		if err := tx.QueryRow(ctx, "SELECT balance FROM accounts WHERE id = 1 FOR UPDATE").Scan(&b); err != nil {
+			return err
+		}
+		if calls == 1 {
+			if err := terminate(ctx, admin, tx.Conn().PgConn().PID()); err != nil {
+				return err
+			}
+		}
+		return txn.Final(tx, "UPDATE accounts SET balance = $1 WHERE id = 1", b+1)
+	}, fastRetry, txn.OnRetry(func(_ int, err error, _ time.Duration) { retried = append(retried, err) }))
+	if err != nil {
+		t.Fatalf("Run = %v, want nil after a retry", err)
+	}
+	if len(retried) != 1 || !errors.Is(retried[0], pgcc.ErrConnectionLost) || calls != 2 {
+		t.Fatalf("retried %v with %d calls of fn; want one ErrConnectionLost", retried, calls)
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101", b)
+	}
+}
