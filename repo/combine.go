@@ -282,24 +282,18 @@ func (c *Combiner[T]) run(ctx context.Context, key pgcc.Key, batch []*combineCal
 			// round trips for the whole batch. The row is locked, so the version check cannot fail but for a
 			// writer that ignores the lock; it is a conflict then, and Run runs the batch again.
 			t.queueFinal(last, t.deferrable(last), &cur, pgcc.OpUpdate, t.sql.finalUpdate, t.sql.updateSet, true, false, true)
-			ver := t.versionValue(reflect.ValueOf(&cur).Elem().FieldByIndex(t.version.index))
-			for _, call := range batch {
-				if call.applied {
-					t.setVersion(reflect.ValueOf(&call.row).Elem().FieldByIndex(t.version.index), ver)
-				}
-			}
-			return nil
-		}
-		written, expected, err := t.send(ctx, tx, &cur, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true})
-		if err != nil {
-			return err
-		}
-		if !written { // cannot happen under the row lock, unless another writer ignores it
-			actual, found, err := t.probe(ctx, tx, []any(key))
+		} else {
+			written, expected, err := t.send(ctx, tx, &cur, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true})
 			if err != nil {
 				return err
 			}
-			return t.conflict(pgcc.OpUpdate, cv, expected, actual, found)
+			if !written { // cannot happen under the row lock, unless another writer ignores it
+				actual, found, err := t.probe(ctx, tx, []any(key))
+				if err != nil {
+					return err
+				}
+				return t.conflict(pgcc.OpUpdate, cv, expected, actual, found)
+			}
 		}
 		ver := t.versionValue(cv.FieldByIndex(t.version.index))
 		for _, call := range batch {
