@@ -85,8 +85,15 @@ func (t *Table[T]) finalFailed(ctx context.Context, db pgcc.DBTX, conn *pgx.Conn
 // statement is planned, so no constant folding can raise it early (as it would for 1/0 written out), and the
 // UPDATE runs to completion before the SELECT reads its rows.
 func (d *desc) finalUpdateSQL(set []int, bump bool) string {
+	return "WITH w AS (" + d.casSQL(set, bump) + " RETURNING 1) SELECT 1 / count(*) FROM w"
+}
+
+// casSQL is the compare-and-swap of the columns at set for a counter table, with the parameters of updateSQL
+// with the check: with bump the version is the old one plus one whether or not a value changes; without, it
+// is kept. Nothing is returned: the client knows the version the write gives the row.
+func (d *desc) casSQL(set []int, bump bool) string {
 	var b strings.Builder
-	b.WriteString("WITH w AS (UPDATE ")
+	b.WriteString("UPDATE ")
 	b.WriteString(d.ident().Sanitize())
 	b.WriteString(" AS t SET ")
 	for i, pos := range set {
@@ -108,6 +115,5 @@ func (d *desc) finalUpdateSQL(set []int, bump bool) string {
 	b.WriteString(" WHERE ")
 	n := d.whereKey(&b, "t", len(set)+1)
 	d.whereVersion(&b, "t", n)
-	b.WriteString(" RETURNING 1) SELECT 1 / count(*) FROM w")
 	return b.String()
 }

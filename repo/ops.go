@@ -515,11 +515,11 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 	if err := t.checkKey("Modify", key); err != nil {
 		return out, err
 	}
-	retry := retryConflictOrRetryable
+	retry := modifyRetryOutside
 	if _, inTx := db.(pgx.Tx); inTx {
-		retry = retryConflict
+		retry = modifyRetryInTx
 	} else if pgfail.Reconnects(db) {
-		retry = retryConflictRetryableOrLost
+		retry = modifyRetryOnPool
 	}
 	// Modify's attempts are a txn.Retry's: they go to the transaction's (or table's) observer, if any.
 	obs := pgcc.ObservationOf(db, t.observer)
@@ -528,7 +528,7 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 		n += 2
 	}
 	all := make([]txn.Option, 0, n)
-	all = append(all, txn.RetryIf(retry), modifyAttempts, modifyBackoff)
+	all = append(all, retry, modifyAttempts, modifyBackoff)
 	if obs.Observer != nil {
 		all = append(all, txn.WithObserver(obs.Observer), txn.WithLabel(obs.Label))
 	}
@@ -551,6 +551,7 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 				return connectionLost(db, err)
 			}
 		}
+		before := row
 		if err := fn(ctx, &row); err != nil {
 			return err
 		}
@@ -565,7 +566,19 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 			return nil
 		}
 		// The row is Modify's own copy: no rollback needs to put its version back.
-		written, expected, err := t.send(ctx, db, &row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true})
+		var written bool
+		var expected version
+		var err error
+		if t.changed(reflect.ValueOf(&before).Elem(), rv) {
+			// fn changed a value, so the version must advance: the plain compare-and-swap says so without the
+			// server comparing the row's values or returning the version, which the client knows.
+			written, expected, err = t.send(ctx, db, &row, pgcc.OpUpdate, t.sql.bumpUpdate, t.sql.updateSet, writeMode{check: true})
+			if written {
+				setInt(rv.FieldByIndex(t.version.index), expected.n+1)
+			}
+		} else {
+			written, expected, err = t.send(ctx, db, &row, pgcc.OpUpdate, t.sql.update, t.sql.updateSet, writeMode{check: true, bumps: true})
+		}
 		if err != nil {
 			return connectionLost(db, err)
 		}
@@ -593,10 +606,54 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 	return out, nil
 }
 
-// Modify's default attempts and backoff, made once: an option is a closure, which allocates.
+// changed reports whether a field UPDATE sets holds a different value in after than in before, judged by the
+// client, for a [VersionCounter] table. Only fields of a basic kind (integers, floats, strings, booleans) are
+// compared, without reflection's allocations; a field of another kind (a time, a slice, a struct) does not
+// count as changed. So false means "not known to have changed", and the write then lets the server compare
+// the values (and keep the version when none changed). true may be wrong in one direction only: two Go values
+// that differ but that the column stores alike (a JSON text reformatted, say) bump the version although the
+// stored row is the same, which costs another writer a retry and loses nothing.
+func (t *Table[T]) changed(before, after reflect.Value) bool {
+	if t.d.kind != VersionCounter || t.sql.bumpUpdate == "" {
+		return false
+	}
+	for _, pos := range t.sql.updateSet {
+		idx := t.fields[pos].index
+		a, b := before.FieldByIndex(idx), after.FieldByIndex(idx)
+		switch a.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			if a.Int() != b.Int() {
+				return true
+			}
+		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			if a.Uint() != b.Uint() {
+				return true
+			}
+		case reflect.Float32, reflect.Float64:
+			// NaN differs from itself: the server, comparing stored images, sees the same NaN.
+			if x, y := a.Float(), b.Float(); x != y && x == x && y == y {
+				return true
+			}
+		case reflect.String:
+			if a.String() != b.String() {
+				return true
+			}
+		case reflect.Bool:
+			if a.Bool() != b.Bool() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Modify's default attempts, backoff and retry decisions, made once: an option is a closure, which allocates.
 var (
-	modifyAttempts = txn.WithMaxAttempts(DefaultModifyAttempts)
-	modifyBackoff  = txn.WithBackoff(txn.Backoff{Base: DefaultModifyBackoffBase, Cap: DefaultModifyBackoffCap})
+	modifyAttempts     = txn.WithMaxAttempts(DefaultModifyAttempts)
+	modifyBackoff      = txn.WithBackoff(txn.Backoff{Base: DefaultModifyBackoffBase, Cap: DefaultModifyBackoffCap})
+	modifyRetryInTx    = txn.RetryIf(retryConflict)
+	modifyRetryOnPool  = txn.RetryIf(retryConflictRetryableOrLost)
+	modifyRetryOutside = txn.RetryIf(retryConflictOrRetryable)
 )
 
 func retryConflict(err error) bool { return errors.Is(err, pgcc.ErrConflict) }

@@ -42,6 +42,7 @@ type statements struct {
 	upsert      string // INSERT … ON CONFLICT (key) DO UPDATE … WHERE version = 0 RETURNING …, inserted (counter only)
 	update      string // UPDATE t SET cols, version bumped if a value changed WHERE key AND version RETURNING version
 	finalUpdate string // update as a final write: version bumped, no row matched an error (counter only)
+	bumpUpdate  string // UPDATE t SET cols, version+1 WHERE key AND version: Modify's write of a changed row (counter only)
 	delete      string // DELETE FROM t WHERE key AND version
 	deleteAny   string // DELETE FROM t WHERE key
 	force       string // UPDATE t SET version bumped WHERE key AND version RETURNING version
@@ -292,6 +293,7 @@ func (d *desc) build() statements {
 	s.update = d.updateSQL(s.updateSet, true, true)
 	if d.kind == VersionCounter {
 		s.finalUpdate = d.finalUpdateSQL(s.updateSet, true)
+		s.bumpUpdate = d.casSQL(s.updateSet, true)
 	}
 	s.force = d.forceSQL()
 	s.delete = d.deleteSQL(true)
