@@ -86,6 +86,70 @@ func takeOver(t *testing.T, ctx context.Context, direct *pgxpool.Pool, name stri
 	return next
 }
 
+// proxied opens a pool of onePooledConn on db through a fault-injecting proxy.
+func proxied(t *testing.T, db *pgtest.DB, configure ...func(*pgxpool.Config)) (*faultnet.Proxy, *pgxpool.Pool) {
+	t.Helper()
+	proxy, dsn := faultnet.ForDSN(t, db.DSN)
+	return proxy, (&pgtest.DB{Name: db.Name, DSN: dsn}).Pool(t, append([]func(*pgxpool.Config){onePooledConn}, configure...)...)
+}
+
+// proxiedSetup returns a context for the test, a proxied pool of onePooledConn on a fresh database (configure
+// adjusting it), a direct pool on it, and the lease "job" granted to "a" through the proxied pool, reporting to
+// events when it is not nil.
+func proxiedSetup(t *testing.T, events *leaseEvents, configure ...func(*pgxpool.Config)) (context.Context, *faultnet.Proxy, *pgxpool.Pool, *pgxpool.Pool, *lease.Lease) {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	proxy, pool := proxied(t, db, configure...)
+	direct := db.Pool(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx, proxy, pool, direct, grant(t, ctx, pool, events)
+}
+
+// grant acquires the lease "job" for holder "a" on db, reporting to events when it is not nil.
+func grant(t *testing.T, ctx context.Context, db pgcc.DBTX, events *leaseEvents) *lease.Lease {
+	t.Helper()
+	var opts []lease.Option
+	if events != nil {
+		opts = append(opts, lease.WithObserver(events))
+	}
+	l, err := lease.New(db, opts...).TryAcquire(ctx, "job", "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// liveToken returns the token of the live grant of the lease "job".
+func liveToken(t *testing.T, direct *pgxpool.Pool) int64 {
+	t.Helper()
+	return queryInt(t, direct, "SELECT token FROM pgcc.leases WHERE name = 'job' AND expires_at > clock_timestamp()")
+}
+
+// releaseThroughFault releases l, granted on pool, and checks that Release returned nil after the one fault
+// (faults counts them), that the lease was released once, observed as such, and that another holder gets it
+// at once.
+func releaseThroughFault(t *testing.T, ctx context.Context, l *lease.Lease, pool, direct *pgxpool.Pool, events *leaseEvents, faults func() int) {
+	t.Helper()
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("Release: %v (%T)", err, err)
+	}
+	if n := faults(); n != 1 {
+		t.Fatalf("%d faults hit the release, want 1", n)
+	}
+	if !released(t, direct, l.Name, l.Token) {
+		t.Fatal("the lease is not released")
+	}
+	if n, f := events.count(pgcc.LeaseReleased), events.count(pgcc.LeaseFenced); n != 1 || f != 0 {
+		t.Fatalf("observed %d releases and %d fencings, want 1 and 0", n, f)
+	}
+	next := takeOver(t, ctx, direct, l.Name, l.Token)
+	if err := next.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkNoAcquired(t, pool, direct)
+}
+
 func checkNoAcquired(t *testing.T, pools ...*pgxpool.Pool) {
 	t.Helper()
 	for _, p := range pools {
@@ -109,29 +173,10 @@ func TestReleaseOnTerminatedPooledConnection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	events := &leaseEvents{}
-	l, err := lease.New(pool, lease.WithObserver(events)).TryAcquire(ctx, "job", "a", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := grant(t, ctx, pool, events)
 	terminate(t, direct, queryInt(t, pool, "SELECT pg_backend_pid()"))
 
-	if err := l.Release(ctx); err != nil {
-		t.Fatalf("Release on a pool whose connection was terminated: %v (%T)", err, err)
-	}
-	if failures.Load() != 1 {
-		t.Fatalf("%d statements failed, want 1: the release on the terminated connection", failures.Load())
-	}
-	if !released(t, direct, "job", l.Token) {
-		t.Fatal("the lease is not released")
-	}
-	if n, f := events.count(pgcc.LeaseReleased), events.count(pgcc.LeaseFenced); n != 1 || f != 0 {
-		t.Fatalf("observed %d releases and %d fencings, want 1 and 0", n, f)
-	}
-	next := takeOver(t, ctx, direct, "job", l.Token)
-	if err := next.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	checkNoAcquired(t, pool, direct)
+	releaseThroughFault(t, ctx, l, pool, direct, events, func() int { return int(failures.Load()) })
 }
 
 // TestReleaseReplyLost: the release ran but its reply was lost; the retry affects no row, and finds the lease
@@ -139,36 +184,11 @@ func TestReleaseOnTerminatedPooledConnection(t *testing.T) {
 // success.
 func TestReleaseReplyLost(t *testing.T) {
 	t.Parallel()
-	db := pgtest.NewDB(t)
-	proxy, dsn := faultnet.ForDSN(t, db.DSN)
-	pool := (&pgtest.DB{Name: db.Name, DSN: dsn}).Pool(t, onePooledConn)
-	direct := db.Pool(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	events := &leaseEvents{}
-	l, err := lease.New(pool, lease.WithObserver(events)).TryAcquire(ctx, "job", "a", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, proxy, pool, direct, l := proxiedSetup(t, events)
 	rule := proxy.OnQuery(isRelease, faultnet.LoseReply)
 
-	if err := l.Release(ctx); err != nil {
-		t.Fatalf("Release with its reply lost: %v (%T)", err, err)
-	}
-	if rule.Fired() != 1 {
-		t.Fatalf("the rule fired %d times, want 1", rule.Fired())
-	}
-	if !released(t, direct, "job", l.Token) {
-		t.Fatal("the lease is not released")
-	}
-	if n, f := events.count(pgcc.LeaseReleased), events.count(pgcc.LeaseFenced); n != 1 || f != 0 {
-		t.Fatalf("observed %d releases and %d fencings, want 1 and 0", n, f)
-	}
-	next := takeOver(t, ctx, direct, "job", l.Token)
-	if err := next.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	checkNoAcquired(t, pool, direct)
+	releaseThroughFault(t, ctx, l, pool, direct, events, rule.Fired)
 }
 
 // onQueryError calls do after each statement that failed on the connections it traces.
@@ -189,29 +209,18 @@ func (tr onQueryError) TraceQueryEnd(_ context.Context, _ *pgx.Conn, data pgx.Tr
 // attempt did.
 func TestReleaseReplyLostThenTakenOver(t *testing.T) {
 	t.Parallel()
-	db := pgtest.NewDB(t)
-	proxy, dsn := faultnet.ForDSN(t, db.DSN)
-	direct := db.Pool(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// The takeover runs, once, when the release's lost reply fails the statement: before the retry.
+	var takeOverOnce func()
+	var once sync.Once
+	tracer := onQueryError{do: func() { once.Do(takeOverOnce) }}
+	events := &leaseEvents{}
+	ctx, proxy, pool, direct, l := proxiedSetup(t, events, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	var next *lease.Lease
 	var takeOverErr error
-	// The takeover runs, once, when the release's lost reply fails the statement: before the retry.
-	var once sync.Once
-	tracer := onQueryError{do: func() {
-		once.Do(func() { next, takeOverErr = lease.New(direct).TryAcquire(ctx, "job", "b", time.Minute) })
-	}}
-	pool := (&pgtest.DB{Name: db.Name, DSN: dsn}).Pool(t, onePooledConn, func(c *pgxpool.Config) {
-		c.ConnConfig.Tracer = tracer
-	})
-	events := &leaseEvents{}
-	l, err := lease.New(pool, lease.WithObserver(events)).TryAcquire(ctx, "job", "a", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	takeOverOnce = func() { next, takeOverErr = lease.New(direct).TryAcquire(ctx, "job", "b", time.Minute) }
 	rule := proxy.OnQuery(isRelease, faultnet.LoseReply)
 
-	err = l.Release(ctx)
+	err := l.Release(ctx)
 	if takeOverErr != nil {
 		t.Fatalf("the takeover between the lost reply and the retry: %v", takeOverErr)
 	}
@@ -228,7 +237,7 @@ func TestReleaseReplyLostThenTakenOver(t *testing.T) {
 	if n, f := events.count(pgcc.LeaseReleased), events.count(pgcc.LeaseFenced); n != 0 || f != 1 {
 		t.Fatalf("observed %d releases and %d fencings, want 0 and 1", n, f)
 	}
-	if got := queryInt(t, direct, "SELECT token FROM pgcc.leases WHERE name = 'job' AND expires_at > clock_timestamp()"); got != next.Token {
+	if got := liveToken(t, direct); got != next.Token {
 		t.Fatalf("the live grant's token is %d, want the takeover's %d", got, next.Token)
 	}
 	if err := next.Release(ctx); err != nil {
@@ -246,18 +255,15 @@ func TestReleaseOnSingleConnectionIsNotRetried(t *testing.T) {
 	direct := db.Pool(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	l, err := lease.New(conn).TryAcquire(ctx, "job", "a", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := grant(t, ctx, conn, nil)
 	terminate(t, direct, int64(conn.PgConn().PID()))
 
-	err = l.Release(ctx)
+	err := l.Release(ctx)
 	var unknown *pgcc.CommitUnknownError
 	if !errors.As(err, &unknown) || unknown.Attempts != 1 || ctx.Err() != nil {
 		t.Fatalf("Release on a terminated single connection: %v (%T); want a *pgcc.CommitUnknownError of 1 attempt", err, err)
 	}
-	if got := queryInt(t, direct, "SELECT token FROM pgcc.leases WHERE name = 'job' AND expires_at > clock_timestamp()"); got != l.Token {
+	if got := liveToken(t, direct); got != l.Token {
 		t.Fatalf("the live grant's token is %d, want %d (not released)", got, l.Token)
 	}
 	// Another attempt on the same closed connection is refused too, without waiting.
@@ -271,16 +277,7 @@ func TestReleaseOnSingleConnectionIsNotRetried(t *testing.T) {
 // returns ctx's error joined with the last connection failure, promptly; the lease stays held.
 func TestReleaseRetriesEndWithContext(t *testing.T) {
 	t.Parallel()
-	db := pgtest.NewDB(t)
-	proxy, dsn := faultnet.ForDSN(t, db.DSN)
-	pool := (&pgtest.DB{Name: db.Name, DSN: dsn}).Pool(t, onePooledConn)
-	direct := db.Pool(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	l, err := lease.New(pool).TryAcquire(ctx, "job", "a", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, proxy, pool, direct, l := proxiedSetup(t, nil)
 	proxy.RefuseNew(true)
 	proxy.ResetAll()
 
@@ -288,7 +285,7 @@ func TestReleaseRetriesEndWithContext(t *testing.T) {
 	rctx, rcancel := context.WithTimeout(ctx, budget)
 	defer rcancel()
 	start := time.Now()
-	err = l.Release(rctx)
+	err := l.Release(rctx)
 	took := time.Since(start)
 	t.Logf("Release returned after %v (ctx %v): %v", took, budget, err)
 	if !errors.Is(err, context.DeadlineExceeded) || !(errors.Is(err, pgcc.ErrConnectionLost) || errors.Is(err, pgcc.ErrCommitUnknown)) {
@@ -303,7 +300,7 @@ func TestReleaseRetriesEndWithContext(t *testing.T) {
 		t.Fatalf("Release returned %v after its context's %v deadline", took-budget, budget)
 	}
 	proxy.RefuseNew(false)
-	if got := queryInt(t, direct, "SELECT token FROM pgcc.leases WHERE name = 'job' AND expires_at > clock_timestamp()"); got != l.Token {
+	if got := liveToken(t, direct); got != l.Token {
 		t.Fatalf("the live grant's token is %d, want %d (not released)", got, l.Token)
 	}
 	if err := l.Release(ctx); err != nil {
