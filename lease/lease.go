@@ -286,11 +286,11 @@ func (l *Lease) Release(ctx context.Context) error {
 				ls.observe(ctx, pgcc.LeaseReleased, l.Name, l.Holder, l.Token, time.Time{}, nil)
 				return nil
 			}
-			if cerr == nil || !retries || !connectionFailure(ls.lost(cerr)) {
+			// The lease's state could not be read for a connection failure: on a pool, ask again from the
+			// release, which affects no row again (a grant under this token cannot become live again).
+			if err = ls.lost(cerr); cerr == nil || !retries || !connectionFailure(err) {
 				return ls.reportFenced(ctx, e, cerr)
 			}
-			// The lease's state could not be read for a connection failure: ask again, from the release.
-			err = ls.lost(cerr)
 		} else {
 			err = ls.lost(wrap(err))
 			if !retries || !connectionFailure(err) {
