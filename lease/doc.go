@@ -40,6 +40,17 @@
 // inside the transaction that writes under the lease, so a holder that paused past its expiry cannot write
 // after another has taken over. Expiry is decided by the database's clock, never the caller's.
 //
+// # Connection failures
+//
+// A lease's own statements run autocommitted on the handle given to [New]. A connection that could not be made
+// is pgcc.ErrConnectionLost; one that failed after the statement was sent is pgcc.ErrCommitUnknown (the grant,
+// renewal or release may have been applied). On a pool, [Leases.Acquire] and [Lease.Release] try again on
+// another connection, with a backoff, until they succeed or their context ends; a Release retried after a lost
+// reply that finds the lease expired under its own token, the lost attempt having been sent while the grant was
+// trusted, counts as released, and one that finds another token is a [*FencedError]. [Leases.TryAcquire] and
+// [Lease.Renew] make one attempt ([Lease.Keep] retries renewals), and so does everything on a single
+// connection or inside a transaction.
+//
 // Names and holders are non-empty valid UTF-8 without NUL bytes, at most [MaxNameBytes] long; TTLs are at least
 // a millisecond. Anything else, and a nil handle (typed nils included), is refused with an error matching
 // [pgcc.ErrInvalidArgument] before anything is sent.

@@ -215,6 +215,12 @@ func (ls *Leases) Acquire(ctx context.Context, name, holder string, ttl time.Dur
 // [pgcc.ErrFenced]) and the holder must stop the work the lease protected. A Lease with a TTL below a
 // millisecond (one not made by Acquire) is refused with an error matching [pgcc.ErrInvalidArgument]. ctx
 // bounds the statement. [Lease.Keep] renews in the background.
+//
+// Unlike [Lease.Release], Renew makes one attempt even on a pool: a connection failure is returned
+// (pgcc.ErrConnectionLost, pgcc.ErrCommitUnknown) and the grant stays trusted only until its old expiry. A
+// renewal is idempotent, so a retry would be safe, but the holder's work goes on between renewals and must
+// learn at once that one failed rather than wait inside Renew while the grant runs out; [Lease.Keep] retries
+// renewals itself, and cancels the work before the grant can expire.
 func (l *Lease) Renew(ctx context.Context) error {
 	if err := l.check(); err != nil {
 		return err
@@ -241,32 +247,141 @@ func (l *Lease) renew(ctx context.Context) (time.Time, error) {
 
 // Release ends the grant now, so the next Acquire succeeds at once (with a greater token). Releasing a grant
 // that already expired or was taken over returns a [*FencedError]: the lease was lost before the work
-// finished, which the caller may want to log. ctx bounds the statement.
+// finished, which the caller may want to log.
+//
+// On a pool, a connection failure (pgcc.ErrConnectionLost, pgcc.ErrCommitUnknown: a pooled connection whose
+// backend was terminated while idle, a reset, a lost reply) is tried again on another connection, with a
+// backoff from a few milliseconds up to a quarter of a second, until the release succeeds or ctx ends. The
+// release statement is idempotent (it matches the grant by name and token), so a retry after an attempt whose
+// outcome was unknown is safe, and its answer is read by this rule: if such an attempt was sent while the
+// grant was still trusted (before the time its last successful grant or renewal was sent plus TTL, on this
+// process's clock, so before the grant could have expired) and the retry then finds the lease expired under
+// this very token, nobody took it over and the holder's work ended while the grant was live: Release reports
+// success, as the earlier attempt most likely did release it. A lease found taken over (another token) is a
+// [*FencedError] whatever happened before. Inside the caller's transaction, or on a single *pgx.Conn, nothing
+// is retried.
+//
+// ctx bounds the statements and the backoff sleeps; when it ends during the retries, Release returns
+// context.Cause(ctx) joined with the last attempt's error (a *pgcc.ConnectionLostError or
+// *pgcc.CommitUnknownError whose Attempts counts the attempts): the lease may still be held, and expires by
+// itself at the end of its TTL.
 func (l *Lease) Release(ctx context.Context) error {
 	if err := l.check(); err != nil {
 		return err
 	}
-	tag, err := l.leases.db.Exec(ctx, releaseSQL, l.Name, l.Token)
-	if err != nil {
-		return l.leases.lost(wrap(err))
+	ls := l.leases
+	retries := pgfail.Reconnects(ls.db)
+	// unknownWhileTrusted: an attempt whose outcome is unknown was sent while the grant was trusted.
+	unknownWhileTrusted := false
+	for attempts := 1; ; attempts++ {
+		sent := time.Now()
+		tag, err := ls.db.Exec(ctx, releaseSQL, l.Name, l.Token)
+		if err == nil && tag.RowsAffected() == 1 {
+			ls.observe(ctx, pgcc.LeaseReleased, l.Name, l.Holder, l.Token, time.Time{}, nil)
+			return nil
+		}
+		if err == nil {
+			e, cerr := ls.current(ctx, l.Name, l.Token)
+			if cerr == nil && releasedEarlier(e, unknownWhileTrusted) {
+				ls.observe(ctx, pgcc.LeaseReleased, l.Name, l.Holder, l.Token, time.Time{}, nil)
+				return nil
+			}
+			// The lease's state could not be read for a connection failure: on a pool, ask again from the
+			// release, which affects no row again (a grant under this token cannot become live again).
+			if err = ls.lost(cerr); cerr == nil || !retries || !connectionFailure(err) {
+				return ls.reportFenced(ctx, e, cerr)
+			}
+		} else {
+			err = ls.lost(wrap(err))
+			if !retries || !connectionFailure(err) {
+				return err
+			}
+			if errors.Is(err, pgcc.ErrCommitUnknown) && sent.Before(l.trusted) {
+				unknownWhileTrusted = true
+			}
+		}
+		countAttempts(err, attempts)
+		if ctx.Err() != nil {
+			return ctxEnded(ctx, err)
+		}
+		t := time.NewTimer(min(releaseRetryMin<<min(attempts-1, 7), releaseRetryMax))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctxEnded(ctx, err)
+		}
 	}
-	if tag.RowsAffected() == 0 {
-		return l.leases.fenced(ctx, l.Name, l.Token)
+}
+
+const (
+	// releaseRetryMin and releaseRetryMax bound the pause before Release tries a failed connection again.
+	releaseRetryMin = 4 * time.Millisecond
+	releaseRetryMax = 250 * time.Millisecond
+)
+
+// releasedEarlier decides a release retried after connection failures that affected no row: it counts as
+// released when an earlier attempt whose outcome was unknown was sent while the grant was trusted
+// (unknownWhileTrusted) and the lease row still carries this grant's token, now expired. The token proves that
+// no one took the lease over (a takeover, or any new grant, increments it); the trust proves that the holder
+// asked for the release before the grant could have expired, so its work did not outlive the grant, whether
+// that attempt released it or the expiry came first. Any other state is a fencing: another token, a live
+// grant under this token (which the release statement would have matched), or a row that does not exist.
+func releasedEarlier(e *FencedError, unknownWhileTrusted bool) bool {
+	return unknownWhileTrusted && e.Current == e.Token && e.Expired
+}
+
+// connectionFailure reports the errors of lost that another connection may not have: the statement could not
+// be sent, or its outcome is unknown.
+func connectionFailure(err error) bool {
+	return errors.Is(err, pgcc.ErrConnectionLost) || errors.Is(err, pgcc.ErrCommitUnknown)
+}
+
+// countAttempts records in err, as typed by lost, how many attempts were made.
+func countAttempts(err error, attempts int) {
+	var lostErr *pgcc.ConnectionLostError
+	var unknownErr *pgcc.CommitUnknownError
+	switch {
+	case errors.As(err, &lostErr):
+		lostErr.Attempts = attempts
+	case errors.As(err, &unknownErr):
+		unknownErr.Attempts = attempts
 	}
-	l.leases.observe(ctx, pgcc.LeaseReleased, l.Name, l.Holder, l.Token, time.Time{}, nil)
-	return nil
+}
+
+// ctxEnded is the error of a retry loop whose context ended after the attempt that failed with err.
+func ctxEnded(ctx context.Context, err error) error {
+	cause := context.Cause(ctx)
+	if errors.Is(err, cause) {
+		return err
+	}
+	return errors.Join(cause, err)
+}
+
+// current reads the state of the lease name for a token that no longer holds it, as a [*FencedError].
+func (ls *Leases) current(ctx context.Context, name string, token int64) (*FencedError, error) {
+	e := &FencedError{Name: name, Token: token}
+	err := ls.db.QueryRow(ctx, currentSQL, name).Scan(&e.Current, &e.Holder, &e.Expires, &e.Expired)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return e, wrap(err)
+	}
+	return e, nil
 }
 
 // fenced describes the current state of a lease for a token that no longer holds it.
 func (ls *Leases) fenced(ctx context.Context, name string, token int64) error {
-	e := &FencedError{Name: name, Token: token}
-	err := ls.db.QueryRow(ctx, currentSQL, name).Scan(&e.Current, &e.Holder, &e.Expires, &e.Expired)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		ferr := errors.Join(e, wrap(err))
-		ls.observe(ctx, pgcc.LeaseFenced, name, "", token, time.Time{}, ferr)
+	e, err := ls.current(ctx, name, token)
+	return ls.reportFenced(ctx, e, err)
+}
+
+// reportFenced observes and returns the fencing e, joined with err when the lease's state could not be read.
+func (ls *Leases) reportFenced(ctx context.Context, e *FencedError, err error) error {
+	if err != nil {
+		ferr := errors.Join(e, err)
+		ls.observe(ctx, pgcc.LeaseFenced, e.Name, "", e.Token, time.Time{}, ferr)
 		return ferr
 	}
-	ls.observe(ctx, pgcc.LeaseFenced, name, "", token, time.Time{}, e)
+	ls.observe(ctx, pgcc.LeaseFenced, e.Name, "", e.Token, time.Time{}, e)
 	return e
 }
 
