@@ -137,6 +137,9 @@ func TestModifyOutOfAttemptsOnLostReads(t *testing.T) {
 	if !errors.Is(err, pgcc.ErrRetriesExhausted) || !errors.Is(err, pgcc.ErrConnectionLost) || !errors.As(err, &lost) || lost.SingleConnection {
 		t.Fatalf("Modify = %v, want retries exhausted on a lost connection", err)
 	}
+	if lost.Attempts != 3 || !strings.Contains(err.Error(), "at attempt 3") {
+		t.Fatalf("Modify = %v: the lost connection is reported at attempt %d, want the last one, 3", err, lost.Attempts)
+	}
 	if calls != 0 {
 		t.Fatalf("fn ran %d times; no read reached it", calls)
 	}

@@ -479,6 +479,13 @@ const (
 // it back with [Table.Update]. When the write conflicts it starts again from a fresh read, so fn must be safe
 // to call more than once and must decide from the row it is given. It returns the row as stored.
 //
+// On a [VersionCounter] table, when fn changed a field of a basic kind (an integer, float, string or bool; the
+// client compares them with the row it read), the write is a plain compare-and-swap that gives the row the
+// next version: the server neither compares the stored values nor returns the version, which the client
+// knows. Otherwise the write is Update's, and the version stays as it is when no value changed. A field whose
+// Go value changed but that the column stores alike (a JSON text reformatted, say) thus still advances the
+// version, which costs a concurrent writer a retry and loses nothing.
+//
 // The retry policy is [txn.Retry]'s, configured by opts: attempts ([txn.WithMaxAttempts], default
 // [DefaultModifyAttempts]), jittered backoff ([txn.WithBackoff], default from [DefaultModifyBackoffBase] up to
 // [DefaultModifyBackoffCap]) and the context's deadline. By default it retries [pgcc.ErrConflict] and, when

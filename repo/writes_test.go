@@ -3,8 +3,10 @@ package repo_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
@@ -364,5 +366,81 @@ func TestChangedKey(t *testing.T) {
 	unread := TrackedAccount{ID: 1, Owner: "unread", Version: r.Version}
 	if err := tracked.Update(ctx, pool, &unread); err != nil {
 		t.Fatalf("Update of a row not read through the table: %v", err)
+	}
+}
+
+// Memo is a counter-versioned row with fields Modify compares itself (n, title) and fields it leaves to the
+// server (at, a time; tags, a slice).
+type Memo struct {
+	ID      int64     `db:"id"`
+	N       int64     `db:"n"`
+	Title   string    `db:"title"`
+	Doc     string    `db:"doc"`
+	At      time.Time `db:"at"`
+	Tags    []string  `db:"tags"`
+	Version int64     `db:"version"`
+}
+
+// TestModifyVersionFollowsTheChange: Modify advances the version by exactly one when fn changed a value,
+// whether the client saw the change (a number, a string: the plain compare-and-swap) or only the server can
+// judge it (a time, a slice), and keeps it when nothing changed; the version returned is the one stored. A
+// string the column stores alike (jsonb reformatted) advances it too, as Modify's doc says.
+func TestModifyVersionFollowsTheChange(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `CREATE TABLE memos (id bigint PRIMARY KEY, n bigint NOT NULL, title text NOT NULL,
+		doc jsonb NOT NULL, at timestamptz NOT NULL, tags text[] NOT NULL, version bigint NOT NULL);
+		INSERT INTO memos VALUES (1, 0, 'a', '{"a": 1}', '2026-01-01 00:00:00+00', '{x}', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	memos, err := repo.NewTable[Memo]("memos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name string
+		fn   func(*Memo)
+		want int64
+	}{
+		{"a number", func(n *Memo) { n.N++ }, 2},
+		{"nothing", func(*Memo) {}, 2},
+		{"a string", func(n *Memo) { n.Title = "b" }, 3},
+		{"a string and a number back and forth", func(n *Memo) { n.Title = "b"; n.N += 0 }, 3},
+		{"a time, to another instant", func(n *Memo) { n.At = n.At.Add(time.Hour) }, 4},
+		{"a time, to the same instant elsewhere", func(n *Memo) { n.At = n.At.In(time.FixedZone("X", 3600)) }, 4},
+		{"a slice", func(n *Memo) { n.Tags = append(n.Tags, "y") }, 5},
+		{"a slice, to equal contents", func(n *Memo) { n.Tags = slices.Clone(n.Tags) }, 5},
+		{"a JSON text reformatted", func(n *Memo) { n.Doc = `{"a":1}` }, 6},
+	}
+	for _, s := range steps {
+		got, err := memos.Modify(ctx, pool, pgcc.Key{int64(1)}, func(_ context.Context, n *Memo) error { s.fn(n); return nil })
+		if err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		stored := mustGet(t, memos, pool, int64(1))
+		if got.Version != s.want || stored.Version != s.want {
+			t.Fatalf("%s: Modify returned version %d, %d stored; want %d", s.name, got.Version, stored.Version, s.want)
+		}
+	}
+
+	// A conflict on the client-judged path: another writer advances the row while fn runs; Modify reads again
+	// and applies fn once on the new row.
+	calls := 0
+	got, err := memos.Modify(ctx, pool, pgcc.Key{int64(1)}, func(ctx context.Context, n *Memo) error {
+		calls++
+		if calls == 1 {
+			if _, err := pool.Exec(ctx, "UPDATE memos SET n = n + 10, version = version + 1 WHERE id = 1"); err != nil {
+				return err
+			}
+		}
+		n.N++
+		return nil
+	})
+	if err != nil || calls != 2 || got.N != 12 || got.Version != 8 {
+		t.Fatalf("Modify over a concurrent write: %+v, %v after %d calls; want n 12 at version 8 after 2", got, err, calls)
+	}
+	if stored := mustGet(t, memos, pool, int64(1)); stored.N != 12 || stored.Version != 8 {
+		t.Fatalf("stored %+v, want n 12 at version 8", stored)
 	}
 }

@@ -208,7 +208,7 @@ func loop(ctx context.Context, cfg *config, reconnects bool, try func(context.Co
 			err = pgcc.Classify(err)
 			retry = reconnects
 		default:
-			err = pgcc.Classify(err)
+			err = attemptOf(pgcc.Classify(err), n)
 			retry = cfg.retryable(err)
 		}
 		if ctx.Err() != nil {
@@ -254,6 +254,17 @@ func commitUnknownError(err error, n int) error {
 		return &c
 	}
 	return &pgcc.CommitUnknownError{Attempts: n, Err: pgcc.Classify(err)}
+}
+
+// attemptOf is err with the attempt number of the loop when it is a [*pgcc.ConnectionLostError] fn built for
+// a single attempt (repo.Modify's, say), copied, so that the error of the last attempt says which it was.
+func attemptOf(err error, n int) error {
+	if cl, ok := err.(*pgcc.ConnectionLostError); ok && cl.Attempts != n {
+		c := *cl
+		c.Attempts = n
+		return &c
+	}
+	return err
 }
 
 // sleep waits for d or until ctx ends, whichever is first, and returns the context's cause in the second case.
