@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/faultnet"
+	"github.com/pgcc/pgcc/internal/pgfail/pgfailtest"
 	"github.com/pgcc/pgcc/txn"
 )
 
@@ -287,5 +289,48 @@ func TestInvalidIdempotencyOptions(t *testing.T) {
 	}
 	if err := txn.Retry(ctx, func(context.Context) error { return nil }, txn.WithIdempotencyKey("k")); !errors.Is(err, pgcc.ErrInvalidArgument) {
 		t.Errorf("Retry with a key: %v, want ErrInvalidArgument", err)
+	}
+}
+
+// TestHungCommitSettledByKeyWithinDeadline: COMMIT reaches the server and commits, and its answer is held
+// with the connection (a network that stopped both ways). The caller's deadline must not be spent waiting for
+// it: a keyed Run stops waiting early enough to look the key up on a new connection within the deadline, and
+// returns nil, applied once. Before the reserve, the wait took the whole deadline and Run returned
+// ErrCommitUnknown although the key could have settled it.
+func TestHungCommitSettledByKeyWithinDeadline(t *testing.T) {
+	t.Parallel()
+	db, pool, proxy := proxiedOne(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, "SELECT 1"); err != nil { // the pool's connection, open before the clock starts
+		t.Fatal(err)
+	}
+	rule := proxy.OnQuery(pgfailtest.IsCommit, faultnet.HangAfter)
+	defer proxy.Resume()
+	const deadline = 4 * time.Second // a quarter of it, 1 s, kept for the look-up
+	runCtx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	start := time.Now()
+	calls := 0
+	err := txn.Run(runCtx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		calls++
+		_, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+		return err
+	}, txn.WithIdempotencyKey("hung commit"))
+	took := time.Since(start)
+	if rule.Fired() != 1 {
+		t.Fatalf("the rule fired %d times, want 1", rule.Fired())
+	}
+	if err != nil {
+		t.Fatalf("Run = %v after %v, want nil: the key settles the hung COMMIT", err, took)
+	}
+	if took > deadline+100*time.Millisecond {
+		t.Errorf("Run took %v, past its %v deadline", took, deadline)
+	}
+	proxy.Resume()
+	if calls != 1 {
+		t.Errorf("fn ran %d times, want 1", calls)
+	}
+	if b := count(t, db.Conn(t), "SELECT balance FROM accounts WHERE id = 1"); b != 101 {
+		t.Errorf("balance %d, want 101", b)
 	}
 }

@@ -363,7 +363,9 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		return failed, context.Cause(ctx) // no COMMIT sent; the deferred rollback ends the transaction
 	}
 	done = true // Commit closes tx whatever it returns.
-	err = commit(ctx, raw, tx)
+	cctx, cancel := r.commitContext(ctx)
+	err = commit(cctx, raw, tx)
+	cancel()
 	if err == nil {
 		tx.committed(ctx)
 		return failed, nil
@@ -406,6 +408,29 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		tx.rolledBack()
 		return unresolved, res.unresolvedError(err, r.cfg.key)
 	}
+}
+
+// The share of a keyed transaction's remaining time kept from its COMMIT for the key's look-up, and its cap.
+const (
+	lookupReserveDivisor = 4
+	maxLookupReserve     = 2 * time.Second
+)
+
+// commitContext is the context COMMIT is sent with. A keyed transaction whose context has a deadline stops
+// waiting for COMMIT's answer a quarter of the remaining time (at most [maxLookupReserve]) before it: an answer
+// that has not come by then is treated as lost, and the time kept lets the look-up open a new connection and
+// settle the outcome within the caller's deadline. A hung connection would otherwise take the whole deadline,
+// leaving the key, the one thing that can tell, no time to be read.
+func (r *runner) commitContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	deadline, ok := ctx.Deadline()
+	if !r.keyed || !ok {
+		return ctx, func() {}
+	}
+	reserve := min(time.Until(deadline)/lookupReserveDivisor, maxLookupReserve)
+	if reserve <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithDeadline(ctx, deadline.Add(-reserve))
 }
 
 // errClosedBeforeCommit is the error of an attempt whose connection was found closed before COMMIT.
