@@ -530,12 +530,8 @@ func (t *Table[T]) Modify(ctx context.Context, db pgcc.DBTX, key pgcc.Key, fn fu
 	}
 	// Modify's attempts are a txn.Retry's: they go to the transaction's (or table's) observer, if any.
 	obs := pgcc.ObservationOf(db, t.observer)
-	n := len(opts) + 3
-	if obs.Observer != nil {
-		n += 2
-	}
-	all := make([]txn.Option, 0, n)
-	all = append(all, retry, modifyAttempts, modifyBackoff)
+	var buf [8]txn.Option // the usual options fit: no allocation
+	all := append(buf[:0], retry, modifyAttempts, modifyBackoff)
 	if obs.Observer != nil {
 		all = append(all, txn.WithObserver(obs.Observer), txn.WithLabel(obs.Label))
 	}
