@@ -306,7 +306,7 @@ func TestHungCommitSettledByKeyWithinDeadline(t *testing.T) {
 	}
 	rule := proxy.OnQuery(pgfailtest.IsCommit, faultnet.HangAfter)
 	defer proxy.Resume()
-	const deadline = 4 * time.Second // a quarter of it, 1 s, kept for the look-up
+	const deadline = 8 * time.Second // a quarter of it, 2 s, kept for the look-up (a connection can take 0.7 s on a loaded machine)
 	runCtx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	start := time.Now()
@@ -332,5 +332,48 @@ func TestHungCommitSettledByKeyWithinDeadline(t *testing.T) {
 	}
 	if b := count(t, db.Conn(t), "SELECT balance FROM accounts WHERE id = 1"); b != 101 {
 		t.Errorf("balance %d, want 101", b)
+	}
+}
+
+// TestKeyedCommitNotSentWithoutTimeToConfirm: a keyed transaction whose fn used its deadline up to the time
+// kept for the look-up does not send COMMIT, whose lost answer could no longer be settled: it rolls back and
+// returns a certain failure (an InterruptedError for the deadline), nothing applied, before the deadline.
+func TestKeyedCommitNotSentWithoutTimeToConfirm(t *testing.T) {
+	t.Parallel()
+	db, pool := setup(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second) // 0.5 s kept for a look-up
+	defer cancel()
+	start := time.Now()
+	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1"); err != nil {
+			return err
+		}
+		time.Sleep(1600 * time.Millisecond)
+		return nil
+	}, txn.WithIdempotencyKey("late"))
+	took := time.Since(start)
+	var interrupted *pgcc.InterruptedError
+	if !errors.As(err, &interrupted) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, pgcc.ErrCommitUnknown) ||
+		!strings.Contains(err.Error(), "not committed") {
+		t.Fatalf("Run = %v (%T), want an InterruptedError for the deadline saying nothing was committed", err, err)
+	}
+	if took >= 2*time.Second {
+		t.Errorf("Run took %v, want it back before its 2 s deadline", took)
+	}
+	if b := count(t, db.Conn(t), "SELECT balance FROM accounts WHERE id = 1"); b != 100 {
+		t.Errorf("balance %d, want 100: nothing committed", b)
+	}
+	if n := count(t, db.Conn(t), "SELECT count(*) FROM pgcc.idempotency_keys WHERE key = 'late'"); n != 0 {
+		t.Errorf("%d key rows, want none", n)
+	}
+	// The same request, sent again with time to spare, applies once.
+	if err := txn.Run(context.Background(), pool, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+		return err
+	}, txn.WithIdempotencyKey("late")); err != nil {
+		t.Fatal(err)
+	}
+	if stat := pool.Stat(); stat.AcquiredConns() != 0 {
+		t.Errorf("%d connections left acquired", stat.AcquiredConns())
 	}
 }

@@ -292,8 +292,8 @@ const MaxIdempotencyKeyLen = 512
 //     (on the key's unique index) and then gets that error, or runs if the first rolled back; fn never runs
 //     to a commit twice.
 //   - When the connection fails while COMMIT is in flight, Run looks the key up on another connection
-//     (bounded by ctx, whose last quarter when COMMIT is sent, up to 2 s, Run keeps for it rather than wait for COMMIT's
-//     answer; on a *pgxpool.Pool one it opens with the pool's configuration, so that the look-up
+//     (bounded by ctx, whose last quarter, up to 2 s, Run keeps for it: it neither waits for COMMIT's answer
+//     nor sends COMMIT in that time; on a *pgxpool.Pool one it opens with the pool's configuration, so that the look-up
 //     does not queue behind a saturated pool) instead of reporting [pgcc.ErrCommitUnknown]: if this attempt committed, Run returns
 //     nil and [RunValue] the value fn produced in it; if it certainly did not, Run retries (on a pool) or
 //     returns a [*pgcc.ConnectionLostError]. A transaction still in progress on the lost connection is

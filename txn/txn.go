@@ -107,6 +107,7 @@ func Run(ctx context.Context, db pgcc.Beginner, fn func(ctx context.Context, tx 
 	if err := r.init(); err != nil {
 		return err
 	}
+	r.reserveLookup(ctx)
 	return loop(ctx, cfg, r.reconnects, func(ctx context.Context) (outcome, error) {
 		return r.attempt(ctx, fn)
 	})
@@ -291,6 +292,8 @@ type runner struct {
 	conn       *pgx.Conn     // db's connection when db is a single one, else nil
 	txOptions  pgx.TxOptions // the options of every BEGIN
 	keyed      bool          // the transaction records an idempotency key
+	lookup     time.Duration // the end of ctx kept for the key's look-up; 0 when there is none to keep
+	attempts   int           // attempts started
 }
 
 // init checks db against the options and prepares the BEGIN.
@@ -323,6 +326,10 @@ func (r *runner) begin(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error) 
 
 // attempt runs one BEGIN, fn, COMMIT. The deferred rollback also runs while a panic from fn unwinds.
 func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) error) (outcome, error) {
+	r.attempts++
+	if err := r.tooLateToConfirm(ctx); err != nil {
+		return final, err
+	}
 	opts := r.txOptions
 	var attemptID int64
 	if r.keyed {
@@ -361,6 +368,9 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 	}
 	if ctx.Err() != nil {
 		return failed, context.Cause(ctx) // no COMMIT sent; the deferred rollback ends the transaction
+	}
+	if err := r.tooLateToConfirm(ctx); err != nil {
+		return final, err // not committed: the deferred rollback ends the transaction
 	}
 	done = true // Commit closes tx whatever it returns.
 	cctx, cancel := r.commitContext(ctx)
@@ -410,27 +420,48 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 	}
 }
 
-// The share of a keyed transaction's remaining time kept from its COMMIT for the key's look-up, and its cap.
+// The share of a keyed transaction's time (its context's, when Run starts) kept for the key's look-up, and
+// its cap.
 const (
 	lookupReserveDivisor = 4
 	maxLookupReserve     = 2 * time.Second
 )
 
-// commitContext is the context COMMIT is sent with. A keyed transaction whose context has a deadline stops
-// waiting for COMMIT's answer a quarter of the remaining time (at most [maxLookupReserve]) before it: an answer
-// that has not come by then is treated as lost, and the time kept lets the look-up open a new connection and
-// settle the outcome within the caller's deadline. A hung connection would otherwise take the whole deadline,
-// leaving the key, the one thing that can tell, no time to be read.
+// reserveLookup sets the time a keyed transaction keeps at the end of ctx for looking its key up: a quarter of
+// what ctx has left when Run starts, at most [maxLookupReserve]. None without a key or a deadline.
+func (r *runner) reserveLookup(ctx context.Context) {
+	if deadline, ok := ctx.Deadline(); ok && r.keyed {
+		r.lookup = max(min(time.Until(deadline)/lookupReserveDivisor, maxLookupReserve), 0)
+	}
+}
+
+// tooLateToConfirm returns the error of a keyed attempt that would start, or send COMMIT, inside the time kept
+// for the look-up: a COMMIT whose answer was lost then could not be settled before the deadline, and the
+// caller would get ErrCommitUnknown although it gave a key to avoid it. Not committing is a certain answer
+// instead: a [*pgcc.InterruptedError] whose cause is context.DeadlineExceeded, nothing committed, and the
+// request can be sent again with its key.
+func (r *runner) tooLateToConfirm(ctx context.Context) error {
+	if r.lookup <= 0 {
+		return nil
+	}
+	deadline, _ := ctx.Deadline()
+	if left := time.Until(deadline); left < r.lookup {
+		return &pgcc.InterruptedError{Attempts: r.attempts, Cause: context.DeadlineExceeded,
+			Last: fmt.Errorf("pgcc: not committed: %v of the deadline left, less than the %v kept to confirm a commit by its idempotency key", left.Round(time.Millisecond), r.lookup.Round(time.Millisecond))}
+	}
+	return nil
+}
+
+// commitContext is the context COMMIT is sent with. A keyed transaction stops waiting for COMMIT's answer when
+// only the time kept for the look-up is left: an answer that has not come by then is treated as lost, and the
+// look-up, on a new connection, settles the outcome within the caller's deadline. A hung connection would
+// otherwise take the whole deadline, leaving the key, the one thing that can tell, no time to be read.
 func (r *runner) commitContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	deadline, ok := ctx.Deadline()
-	if !r.keyed || !ok {
+	if r.lookup <= 0 {
 		return ctx, func() {}
 	}
-	reserve := min(time.Until(deadline)/lookupReserveDivisor, maxLookupReserve)
-	if reserve <= 0 {
-		return ctx, func() {}
-	}
-	return context.WithDeadline(ctx, deadline.Add(-reserve))
+	deadline, _ := ctx.Deadline()
+	return context.WithDeadline(ctx, deadline.Add(-r.lookup))
 }
 
 // errClosedBeforeCommit is the error of an attempt whose connection was found closed before COMMIT.
