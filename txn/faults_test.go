@@ -511,3 +511,56 @@ func TestBackendTerminatedBeforeFinalFlight(t *testing.T) {
 		t.Errorf("balance %d, want 101", b)
 	}
 }
+
+// TestLostCommitLookUpTakesAnIdleConnection: when opening a connection is slow (a loaded server forks its
+// backends slowly; here the pool's BeforeConnect takes 5 s) and the pool has an idle one, the key's look-up
+// takes the idle one and settles the lost COMMIT at once, instead of waiting for its own connection.
+func TestLostCommitLookUpTakesAnIdleConnection(t *testing.T) {
+	t.Parallel()
+	var slow atomic.Bool
+	db, proxy, _, pool := proxied(t, func(c *pgxpool.Config) {
+		c.MaxConns = 2
+		c.BeforeConnect = func(ctx context.Context, _ *pgx.ConnConfig) error {
+			if !slow.Load() {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Second):
+				return nil
+			}
+		}
+	})
+	ctx := context.Background()
+	// Two connections opened and left idle: one for the transaction, one for the look-up.
+	c1, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1.Release()
+	c2.Release()
+	slow.Store(true)
+	proxy.LoseReply(1, pgfailtest.IsCommit)
+	start := time.Now()
+	err = txn.Run(ctx, pool, increment, txn.WithIdempotencyKey("idle connection"), fastRetry)
+	took := time.Since(start)
+	proxy.AwaitFault()
+	if err != nil {
+		t.Fatalf("Run = %v, want nil: the look-up finds the commit", err)
+	}
+	if took > 2500*time.Millisecond {
+		t.Errorf("Run took %v: the look-up waited for a new connection with an idle one in the pool", took)
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101", b)
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("%d connections left acquired", n)
+	}
+	t.Logf("Run returned after %v", took)
+}

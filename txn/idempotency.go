@@ -160,44 +160,90 @@ func (r *runner) probe(ctx context.Context, lost *pgx.Conn, attempt int64) (res 
 	}
 }
 
-// probeConn returns a connection for a look-up, and the function that gives it back. On a pool it opens a
-// connection of its own, with the pool's configuration and connect hooks, rather than queueing in the pool:
-// the load or the faults that lost a COMMIT's reply tend to keep the pool saturated, and a look-up waiting
-// behind every other caller could outlast its context and leave the outcome unknown. When that connection
-// cannot be opened (the server's connection limit, a pooler's), it waits for one of the pool's.
+// probeConn returns a connection for a look-up, and the function that gives it back. On a *pgxpool.Pool it
+// races two ways of getting one and takes the first: a connection of its own, opened with the pool's
+// configuration and connect hooks, and one of the pool's. An idle pooled connection is there at once, where
+// opening one costs a backend's start (0.4 s and more on a loaded machine, during which the faults that lost
+// the COMMIT's answer can strike again); a new connection does not queue behind every other caller of a
+// saturated pool, which the load or the faults that lost the answer tend to leave saturated. The loser is
+// cancelled, and closed or released if it got a connection anyway; the returned function waits for that, so
+// nothing outlives the look-up. A pool of another kind gives its own connections only; a single connection
+// is replaced by a new one with its configuration.
 func (r *runner) probeConn(ctx context.Context, lost *pgx.Conn) (*pgx.Conn, func(), error) {
-	p, pooled := r.db.(acquirer)
-	var cfg *pgx.ConnConfig
-	var before func(context.Context, *pgx.ConnConfig) error
-	var after func(context.Context, *pgx.Conn) error
 	switch db := r.db.(type) {
 	case *pgxpool.Pool:
 		pc := db.Config()
-		cfg, before, after = pc.ConnConfig, pc.BeforeConnect, pc.AfterConnect
-	case acquirer: // a pool of another kind: its own connections only
-	default:
-		cfg = lost.Config()
-	}
-	var connectErr error
-	if cfg != nil {
-		c, err := connectWith(ctx, cfg, before, after)
-		if err == nil {
-			return c, func() {
-				closeCtx, cancel := detached(ctx)
-				defer cancel()
-				_ = c.Close(closeCtx)
-			}, nil
-		}
-		if !pooled {
+		return raceConn(ctx, db, pc.ConnConfig, pc.BeforeConnect, pc.AfterConnect)
+	case acquirer:
+		c, err := db.Acquire(ctx)
+		if err != nil {
 			return nil, nil, err
 		}
-		connectErr = err
+		return c.Conn(), c.Release, nil
+	default:
+		c, err := connectWith(ctx, lost.Config(), nil, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c, closer(ctx, c), nil
 	}
-	c, err := p.Acquire(ctx)
-	if err != nil {
-		return nil, nil, errors.Join(err, connectErr)
+}
+
+// gotConn is what one way of getting a look-up's connection came back with.
+type gotConn struct {
+	conn    *pgx.Conn
+	release func()
+	err     error
+}
+
+// raceConn opens a connection with cfg and acquires one from pool at the same time, returns the first it
+// gets, and gives the other back once it arrives (the returned function waits for that). It fails only when
+// both fail.
+func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, before func(context.Context, *pgx.ConnConfig) error,
+	after func(context.Context, *pgx.Conn) error) (*pgx.Conn, func(), error) {
+	rctx, cancel := context.WithCancel(ctx)
+	results := make(chan gotConn, 2)
+	go func() {
+		c, err := connectWith(rctx, cfg, before, after)
+		if err != nil {
+			results <- gotConn{err: err}
+			return
+		}
+		results <- gotConn{conn: c, release: closer(ctx, c)}
+	}()
+	go func() {
+		c, err := pool.Acquire(rctx)
+		if err != nil {
+			results <- gotConn{err: err}
+			return
+		}
+		results <- gotConn{conn: c.Conn(), release: c.Release}
+	}()
+	first := <-results
+	if first.err != nil {
+		second := <-results
+		cancel()
+		if second.err != nil {
+			return nil, nil, errors.Join(first.err, second.err)
+		}
+		return second.conn, second.release, nil
 	}
-	return c.Conn(), c.Release, nil
+	cancel() // the other way stops as soon as it can
+	return first.conn, func() {
+		first.release()
+		if other := <-results; other.err == nil {
+			other.release()
+		}
+	}, nil
+}
+
+// closer returns the function that closes c, bounded like a failed attempt's clean-up.
+func closer(ctx context.Context, c *pgx.Conn) func() {
+	return func() {
+		closeCtx, cancel := detached(ctx)
+		defer cancel()
+		_ = c.Close(closeCtx)
+	}
 }
 
 // connectWith opens a connection with cfg, running a pool's BeforeConnect and AfterConnect hooks around it as
