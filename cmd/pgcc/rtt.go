@@ -390,6 +390,9 @@ func proxiedPool(ctx context.Context, base *pgxpool.Config, addr, schema string,
 	}
 	cfg := base.Copy()
 	cfg.MaxConns, cfg.MinConns = int32(c), 0
+	// pgxpool pings a connection idle for a second before handing it out: a flight of its own that the
+	// proxy would count as the operation's (a loaded machine makes such pauses), so no pings here.
+	cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	cfg.ConnConfig.Host, cfg.ConnConfig.Port = host, uint16(p)
 	for _, f := range cfg.ConnConfig.Fallbacks {
 		f.Host, f.Port = host, uint16(p)

@@ -185,8 +185,11 @@ func Redact(dsn string) string {
 }
 
 // LeakGrace is how long [AwaitReleased] is usually given: pgxpool counts a broken connection as acquired
-// until its destructor, which runs in the background, has closed it.
-const LeakGrace = 5 * time.Second
+// until its destructor, which runs in the background, has closed it, and pgx bounds that close (a cancel
+// request, then draining what the server still sends) by 15 s. On an idle machine it takes milliseconds; at a
+// load average of 17 on two cores a cancel request's connection alone took seconds, and a 5 s grace reported
+// connections as leaked that were released a little later.
+const LeakGrace = 16 * time.Second
 
 // AwaitReleased returns the number of connections still acquired from pool once none is, or once grace has
 // passed.
