@@ -114,9 +114,10 @@ func awaitWaiting(t *testing.T, pool *pgxpool.Pool, pid uint32) {
 }
 
 // awaitLockWait is awaitWaiting for goroutines other than the test's, which must not call t.Fatal: it
-// returns an error when backend pid has not waited for a lock within 10 seconds (or ctx's end).
+// returns an error when backend pid has not waited for a lock within 30 seconds (or ctx's end): a statement
+// can take more than 10 s to reach its lock on a machine loaded with fault suites.
 func awaitLockWait(ctx context.Context, pool *pgxpool.Pool, pid uint32) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
 		var waiting bool

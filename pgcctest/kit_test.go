@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/schema"
+	"github.com/pgcc/pgcc/internal/testdb"
 	"github.com/pgcc/pgcc/lock"
 	"github.com/pgcc/pgcc/pgcctest"
 	"github.com/pgcc/pgcc/repo"
@@ -378,7 +379,7 @@ func (r *recorder) Errorf(format string, args ...any) {
 // check's grace (5 s) is over, since closing a pool waits for its connections.
 func (r *recorder) runCleanups(release func()) {
 	if release != nil {
-		time.AfterFunc(6*time.Second, release)
+		time.AfterFunc(testdb.LeakGrace+time.Second, release) // past the leak check's grace
 	}
 	for i := len(r.cleanups) - 1; i >= 0; i-- {
 		r.cleanups[i]()
