@@ -354,7 +354,7 @@ func TestKeyedCommitNotSentWithoutTimeToConfirm(t *testing.T) {
 	took := time.Since(start)
 	var interrupted *pgcc.InterruptedError
 	if !errors.As(err, &interrupted) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, pgcc.ErrCommitUnknown) ||
-		!strings.Contains(err.Error(), "not committed") {
+		!strings.Contains(err.Error(), "not committed") || !strings.Contains(err.Error(), `"late"`) {
 		t.Fatalf("Run = %v (%T), want an InterruptedError for the deadline saying nothing was committed", err, err)
 	}
 	if took >= 2*time.Second {

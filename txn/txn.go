@@ -447,7 +447,8 @@ func (r *runner) tooLateToConfirm(ctx context.Context) error {
 	deadline, _ := ctx.Deadline()
 	if left := time.Until(deadline); left < r.lookup {
 		return &pgcc.InterruptedError{Attempts: r.attempts, Cause: context.DeadlineExceeded,
-			Last: fmt.Errorf("pgcc: not committed: %v of the deadline left, less than the %v kept to confirm a commit by its idempotency key", left.Round(time.Millisecond), r.lookup.Round(time.Millisecond))}
+			Last: fmt.Errorf("pgcc: not committed: %v of the deadline left, less than the %v kept to confirm a commit by its idempotency key %s",
+				left.Round(time.Millisecond), r.lookup.Round(time.Millisecond), pgcc.FormatValue(r.cfg.key))}
 	}
 	return nil
 }
