@@ -230,7 +230,7 @@ func TestGuardHoldsOffTakeover(t *testing.T) {
 		done <- result{l, err}
 	}()
 	// The takeover waits for the guarded transaction's share lock on the lease row.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // a statement took over 10 s to reach its lock on a loaded machine
 	for queryInt(t, pool, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%pgcc.leases%'") != 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the takeover never waited for the guarded transaction")

@@ -134,7 +134,7 @@ func twoCheckouts(t *testing.T, pool *pgxpool.Pool, accounts *lock.TableDef[acco
 	}()
 	// The second starts once the first waits for a lock or has finished.
 	pid := txs[0].Conn().PgConn().PID()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // a statement took over 10 s to reach its lock on a loaded machine
 	for time.Now().Before(deadline) {
 		if queryInt(t, pool, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND (wait_event_type = 'Lock' OR state = 'idle')", int64(pid)) == 1 {
 			break

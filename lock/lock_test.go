@@ -106,11 +106,23 @@ func holdRow(t *testing.T, pool *pgxpool.Pool, id int) (pgx.Tx, int) {
 }
 
 // awaitWaiting polls pg_stat_activity until the backend pid waits for a lock.
-func awaitWaiting(t *testing.T, pool *pgxpool.Pool, pid uint32) {
+//
+// When it fails it first ends the statement the test's goroutine sent on that backend (pg_terminate_backend)
+// and calls stop, which must wait for that goroutine to return: t.Fatal runs the test's deferred calls
+// (a Rollback, a Release) on the same connection, and the goroutine must no longer be using it.
+func awaitWaiting(t *testing.T, pool *pgxpool.Pool, pid uint32, stop func()) {
 	t.Helper()
-	if err := awaitLockWait(context.Background(), pool, pid); err != nil {
-		t.Fatal(err)
+	err := awaitLockWait(context.Background(), pool, pid)
+	if err == nil {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, termErr := pool.Exec(ctx, "SELECT pg_terminate_backend($1)", int64(pid)); termErr != nil {
+		t.Logf("terminating backend %d: %v", pid, termErr)
+	}
+	stop()
+	t.Fatal(err)
 }
 
 // awaitLockWait is awaitWaiting for goroutines other than the test's, which must not call t.Fatal: it
@@ -491,7 +503,7 @@ func TestContextCancelWhileBlocked(t *testing.T) {
 		_, err := lock.Load[item](ctx, tx, itemsTable(), []pgcc.Key{{1}})
 		done <- result{err, time.Now()}
 	}()
-	awaitWaiting(t, pool, pid)
+	awaitWaiting(t, pool, pid, func() { cancel(); <-done })
 	cancelled := time.Now()
 	cancel()
 	r := <-done

@@ -49,7 +49,7 @@ func TestSelectWaitsForPredicateRows(t *testing.T) {
 		rows, err := lock.Select(ctx, tx, itemsTable(), lock.Where("id <= $1", 4), lock.OrderBy("id DESC"), lock.Limit(3))
 		done <- result{rows, err}
 	}()
-	awaitWaiting(t, pool, conn.Conn().PgConn().PID())
+	awaitWaiting(t, pool, conn.Conn().PgConn().PID(), func() { <-done })
 	if _, err := holder.Exec(ctx, "UPDATE items SET n = 7 WHERE id = 2"); err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestSelectRecheckLeavesOutChangedRows(t *testing.T) {
 		}
 		done <- rows
 	}()
-	awaitWaiting(t, pool, conn.Conn().PgConn().PID())
+	awaitWaiting(t, pool, conn.Conn().PgConn().PID(), func() { <-done })
 	if _, err := holder.Exec(ctx, "UPDATE items SET n = 1 WHERE id = 1"); err != nil {
 		t.Fatal(err)
 	}

@@ -479,7 +479,10 @@ func TestFaultsUnderConcurrency(t *testing.T) {
 // and Close drops it.
 func TestStartWithoutPgccSchema(t *testing.T) {
 	t.Parallel()
-	ctx := ctxFor(t)
+	// Start's own bound (two minutes) and then CreateDB's: two CREATE DATABASE, each a checkpoint, took past
+	// a minute on a machine running the suite -count=5 beside two fault runs.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
 	admin := pgcctest.Pool(t) // any database of the same server, to look at pg_database from
 	srv, err := pgcctest.Start(ctx, pgcctest.WithoutPgccSchema(), pgcctest.SQL("CREATE TABLE t (x int)"))
 	if errors.Is(err, context.DeadlineExceeded) {

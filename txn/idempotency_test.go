@@ -131,7 +131,7 @@ func TestConcurrentDuplicateKey(t *testing.T) {
 // waitForKeyWait polls until a backend of the test's database waits for a lock in the key's INSERT.
 func waitForKeyWait(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // a statement took over 10 s to reach its lock on a loaded machine
 	for time.Now().Before(deadline) {
 		n := count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
 			AND wait_event_type = 'Lock' AND query LIKE '%idempotency_keys%'`)

@@ -361,7 +361,7 @@ func TestCancelWhileBlocked(t *testing.T) {
 // waitForLockWait polls until the backend pid waits for a lock.
 func waitForLockWait(t *testing.T, pool *pgxpool.Pool, pid uint32) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // a statement took over 10 s to reach its lock on a loaded machine
 	for time.Now().Before(deadline) {
 		var waiting bool
 		err := pool.QueryRow(context.Background(),
