@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -205,6 +206,101 @@ func TestLostCommitReplyResolvedBySaturatedPool(t *testing.T) {
 	if n := afterConnect.Load(); n < conns+1 {
 		t.Errorf("AfterConnect ran %d times, want at least %d (the pool's and the look-up's connections)", n, conns+1)
 	}
+}
+
+// lookUpMark marks the context of the Run whose look-up TestLostCommitLookUpReconnects refuses connections to.
+type lookUpMark struct{}
+
+// TestLostCommitLookUpReconnects: the reply is lost, the pool is saturated for longer than Run's context
+// lasts, and the look-up's first three connections of its own are refused (the network that lost the reply
+// is still failing). The look-up opens its own connection again, rather than fall back on waiting for the
+// pool, and settles the outcome. Before, one refused connection left it waiting on the pool until the
+// deadline: ErrCommitUnknown, seven times in one network-fault cell of make faults on a loaded machine.
+func TestLostCommitLookUpReconnects(t *testing.T) {
+	t.Parallel()
+	const conns, refusals = 2, 3
+	closed := closedPort(t)
+	var armed atomic.Bool
+	var refused atomic.Int32
+	db, proxy, _, pool := proxied(t, func(c *pgxpool.Config) {
+		c.MaxConns = conns
+		c.BeforeConnect = func(ctx context.Context, cc *pgx.ConnConfig) error {
+			if armed.Load() && ctx.Value(lookUpMark{}) != nil && refused.Add(1) <= refusals {
+				cc.Host, cc.Port = "127.0.0.1", closed // connection refused, as a real failure
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	hogCtx, stopHogs := context.WithCancel(ctx)
+	defer stopHogs()
+	entered := make(chan struct{})
+	var hogs sync.WaitGroup
+	for range 2 * conns {
+		hogs.Add(1)
+		go func() {
+			defer hogs.Done()
+			<-entered
+			for hogCtx.Err() == nil {
+				c, err := pool.Acquire(hogCtx)
+				if err != nil {
+					return
+				}
+				select {
+				case <-hogCtx.Done():
+				case <-time.After(30 * time.Second):
+				}
+				c.Release()
+			}
+		}()
+	}
+	defer hogs.Wait()
+
+	proxy.LoseReply(1, pgfailtest.IsCommit)
+	runCtx, cancel := context.WithTimeout(context.WithValue(ctx, lookUpMark{}, true), 10*time.Second)
+	defer cancel()
+	calls := 0
+	err := txn.Run(runCtx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		calls++
+		if calls == 1 {
+			close(entered)
+			time.Sleep(200 * time.Millisecond) // the hogs take the other connection and queue for this one
+			armed.Store(true)
+		}
+		return increment(ctx, tx)
+	}, txn.WithIdempotencyKey("reconnects"), fastRetry)
+	proxy.AwaitFault()
+	stopHogs()
+	if err != nil {
+		t.Fatalf("Run = %v, want nil: the look-up should open its connection again", err)
+	}
+	if calls != 1 {
+		t.Errorf("%d calls, want 1", calls)
+	}
+	if n := refused.Load(); n <= refusals {
+		t.Errorf("%d of the look-up's connections tried, want more than the %d refused", n, refusals)
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101", b)
+	}
+	hogs.Wait()
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("%d connections left acquired", n)
+	}
+}
+
+// closedPort returns a loopback port nothing listens on: a connection to it is refused.
+func closedPort(t *testing.T) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return uint16(port)
 }
 
 // TestSwallowedCommitResolvedByKey: the COMMIT never reaches the server, whose backend stays idle in its

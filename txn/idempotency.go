@@ -196,20 +196,36 @@ type gotConn struct {
 	err     error
 }
 
+// reconnectCap bounds the pause between two of raceConn's attempts to open its own connection.
+const reconnectCap = 200 * time.Millisecond
+
 // raceConn opens a connection with cfg and acquires one from pool at the same time, returns the first it
 // gets, and gives the other back once it arrives (the returned function waits for that). It fails only when
 // both fail.
+//
+// Opening its own connection is tried again, after a pause doubling from 10 ms to reconnectCap, for as long
+// as it fails as a connection does (refused, reset during the handshake, the server starting up) and the pool
+// has not answered: a saturated pool can keep its caller waiting until ctx ends, and one failed connect (the
+// network that lost COMMIT's answer may be resetting connections still) must not leave the look-up waiting
+// on the pool alone. Any other failure (a refused password, a missing database) is final.
 func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, before func(context.Context, *pgx.ConnConfig) error,
 	after func(context.Context, *pgx.Conn) error) (*pgx.Conn, func(), error) {
 	rctx, cancel := context.WithCancel(ctx)
 	results := make(chan gotConn, 2)
 	go func() {
-		c, err := connectWith(rctx, cfg, before, after)
-		if err != nil {
-			results <- gotConn{err: err}
-			return
+		pause := 10 * time.Millisecond
+		for {
+			c, err := connectWith(rctx, cfg.Copy(), before, after) // a copy per try, as the pool does: before may change it
+			if err == nil {
+				results <- gotConn{conn: c, release: closer(ctx, c)}
+				return
+			}
+			if rctx.Err() != nil || !pgfail.ConnectionFailed(err) || sleep(rctx, pause) != nil {
+				results <- gotConn{err: err}
+				return
+			}
+			pause = min(2*pause, reconnectCap)
 		}
-		results <- gotConn{conn: c, release: closer(ctx, c)}
 	}()
 	go func() {
 		c, err := pool.Acquire(rctx)

@@ -424,7 +424,10 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 // its cap.
 const (
 	lookupReserveDivisor = 4
-	maxLookupReserve     = 2 * time.Second
+	// maxLookupReserve was 2 s until a make faults run on a loaded machine (load average 12–19, every
+	// connection reset every 0.2–0.6 s) ended eight keyed transfers unsettled, their look-ups unable to get
+	// a connection through in time (raceConn now also opens its own again); 5 s leaves room for several tries.
+	maxLookupReserve = 5 * time.Second
 )
 
 // reserveLookup sets the time a keyed transaction keeps at the end of ctx for looking its key up: a quarter of
