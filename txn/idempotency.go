@@ -196,61 +196,85 @@ type gotConn struct {
 	err     error
 }
 
-// reconnectCap bounds the pause between two of raceConn's attempts to open its own connection.
+// reconnectCap bounds the pause between two tries of one of raceConn's ways to a connection.
 const reconnectCap = 200 * time.Millisecond
 
-// raceConn opens a connection with cfg and acquires one from pool at the same time, returns the first it
-// gets, and gives the other back once it arrives (the returned function waits for that). It fails only when
-// both fail.
+// hedgeAfter is how long raceConn's first connection of its own may take before it starts a second beside it.
+const hedgeAfter = 300 * time.Millisecond
+
+// raceConn gets a connection three ways at once and returns the first it gets: opening one with cfg, opening
+// a second one with cfg if nothing has come after hedgeAfter, and acquiring one from pool. The returned
+// function gives the connection back and waits for the other ways to stop, giving back what they got. It
+// fails only when all three fail.
 //
-// Opening its own connection is tried again, after a pause doubling from 10 ms to reconnectCap, for as long
-// as it fails as a connection does (refused, reset during the handshake, the server starting up) and the pool
-// has not answered: a saturated pool can keep its caller waiting until ctx ends, and one failed connect (the
-// network that lost COMMIT's answer may be resetting connections still) must not leave the look-up waiting
-// on the pool alone. Any other failure (a refused password, a missing database) is final.
+// Each way tries again, after a pause doubling from 10 ms to reconnectCap, for as long as it fails as a
+// connection does (refused, reset during the handshake, the server starting up; for the pool, a connection it
+// failed to open) and no other way has succeeded. The network or the server that lost COMMIT's answer is
+// often failing still: measured under network faults on a loaded machine, a new connection took 1–3 s to
+// open and a reset of every connection came every 0.8 s on average, so that one connection opened at a time
+// failed 23 times in a row over 30 s, while the pool's, which the other callers keep reopening, were getting
+// through. Any other failure (a refused password, a missing database) ends its way.
 func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, before func(context.Context, *pgx.ConnConfig) error,
 	after func(context.Context, *pgx.Conn) error) (*pgx.Conn, func(), error) {
+	const ways = 3
 	rctx, cancel := context.WithCancel(ctx)
-	results := make(chan gotConn, 2)
-	go func() {
-		pause := 10 * time.Millisecond
-		for {
-			c, err := connectWith(rctx, cfg.Copy(), before, after) // a copy per try, as the pool does: before may change it
-			if err == nil {
-				results <- gotConn{conn: c, release: closer(ctx, c)}
-				return
-			}
-			if rctx.Err() != nil || !pgfail.ConnectionFailed(err) || sleep(rctx, pause) != nil {
-				results <- gotConn{err: err}
-				return
-			}
-			pause = min(2*pause, reconnectCap)
+	results := make(chan gotConn, ways)
+	own := func() (gotConn, error) {
+		c, err := connectWith(rctx, cfg.Copy(), before, after) // a copy per try, as the pool does: before may change it
+		if err != nil {
+			return gotConn{}, err
 		}
-	}()
-	go func() {
+		return gotConn{conn: c, release: closer(ctx, c)}, nil
+	}
+	pooled := func() (gotConn, error) {
 		c, err := pool.Acquire(rctx)
 		if err != nil {
-			results <- gotConn{err: err}
-			return
+			return gotConn{}, err
 		}
-		results <- gotConn{conn: c.Conn(), release: c.Release}
-	}()
-	first := <-results
-	if first.err != nil {
-		second := <-results
-		cancel()
-		if second.err != nil {
-			return nil, nil, errors.Join(first.err, second.err)
-		}
-		return second.conn, second.release, nil
+		return gotConn{conn: c.Conn(), release: c.Release}, nil
 	}
-	cancel() // the other way stops as soon as it can
-	return first.conn, func() {
-		first.release()
-		if other := <-results; other.err == nil {
-			other.release()
+	go func() { results <- retryWay(rctx, 0, own) }()
+	go func() { results <- retryWay(rctx, hedgeAfter, own) }()
+	go func() { results <- retryWay(rctx, 0, pooled) }()
+	var errs []error
+	for range ways {
+		got := <-results
+		if got.err != nil {
+			errs = append(errs, got.err)
+			continue
 		}
-	}, nil
+		cancel() // the other ways stop as soon as they can
+		pending := ways - len(errs) - 1
+		return got.conn, func() {
+			got.release()
+			for range pending {
+				if other := <-results; other.err == nil {
+					other.release()
+				}
+			}
+		}, nil
+	}
+	cancel()
+	return nil, nil, errors.Join(errs...)
+}
+
+// retryWay runs try, after waiting delay, until it succeeds, fails other than as a connection does, or ctx
+// ends; between two tries it pauses 10 ms, doubling up to reconnectCap.
+func retryWay(ctx context.Context, delay time.Duration, try func() (gotConn, error)) gotConn {
+	if err := sleep(ctx, delay); err != nil {
+		return gotConn{err: err}
+	}
+	pause := 10 * time.Millisecond
+	for {
+		got, err := try()
+		if err == nil {
+			return got
+		}
+		if ctx.Err() != nil || !pgfail.ConnectionFailed(err) || sleep(ctx, pause) != nil {
+			return gotConn{err: err}
+		}
+		pause = min(2*pause, reconnectCap)
+	}
 }
 
 // closer returns the function that closes c, bounded like a failed attempt's clean-up.
