@@ -77,9 +77,7 @@ func TestXactLockNoWaitAndTry(t *testing.T) {
 		if le.Advisory != key || le.Table != "" {
 			t.Errorf("LockError names key %d table %q", le.Advisory, le.Table)
 		}
-		if len(le.Blockers) != 1 || le.Blockers[0].PID != holderPID {
-			t.Errorf("blockers = %v, want pid %d", le.Blockers, holderPID)
-		}
+		checkBlockers(t, le, holderPID)
 		// A shared lock is refused too, while a different key is free.
 		if ok, err := lock.TryXactLock(ctx, tx, key, lock.WithStrength(lock.ForShare)); err != nil || ok {
 			t.Errorf("shared try on an exclusively held key = %v, %v", ok, err)
@@ -126,9 +124,7 @@ func TestSessionLockReleaseAndReuse(t *testing.T) {
 	if !errors.Is(err, pgcc.ErrLockNotAvailable) {
 		t.Fatalf("NoWait = %v", err)
 	}
-	if le := lockError(t, err); len(le.Blockers) != 1 || le.Blockers[0].PID != h.PID() {
-		t.Errorf("blockers = %v, want pid %d", le.Blockers, h.PID())
-	}
+	checkBlockers(t, lockError(t, err), h.PID())
 	if _, err := lock.SessionLock(ctx, pool, key, lock.WithTimeout(100*time.Millisecond)); !errors.Is(err, pgcc.ErrLockNotAvailable) {
 		t.Fatalf("timeout = %v", err)
 	}
