@@ -245,6 +245,10 @@ func TestSessionLockCancelWhileWaiting(t *testing.T) {
 	if closed {
 		t.Logf("the cancel request was not acknowledged within %v: the connection was closed (%v)", lock.CancelGrace, err)
 	}
+	if n := queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1 AND database = "+thisDB,
+		int64(h.PID())); n != 1 {
+		t.Errorf("the holder has %d advisory locks, want 1", n)
+	}
 	others := func() []advisoryLock { return advisoryLocks(t, pool, h.PID()) }
 	left := others()
 	if len(left) == 0 {
