@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -77,9 +78,7 @@ func TestXactLockNoWaitAndTry(t *testing.T) {
 		if le.Advisory != key || le.Table != "" {
 			t.Errorf("LockError names key %d table %q", le.Advisory, le.Table)
 		}
-		if len(le.Blockers) != 1 || le.Blockers[0].PID != holderPID {
-			t.Errorf("blockers = %v, want pid %d", le.Blockers, holderPID)
-		}
+		checkBlockers(t, le, holderPID)
 		// A shared lock is refused too, while a different key is free.
 		if ok, err := lock.TryXactLock(ctx, tx, key, lock.WithStrength(lock.ForShare)); err != nil || ok {
 			t.Errorf("shared try on an exclusively held key = %v, %v", ok, err)
@@ -126,9 +125,7 @@ func TestSessionLockReleaseAndReuse(t *testing.T) {
 	if !errors.Is(err, pgcc.ErrLockNotAvailable) {
 		t.Fatalf("NoWait = %v", err)
 	}
-	if le := lockError(t, err); len(le.Blockers) != 1 || le.Blockers[0].PID != h.PID() {
-		t.Errorf("blockers = %v, want pid %d", le.Blockers, h.PID())
-	}
+	checkBlockers(t, lockError(t, err), h.PID())
 	if _, err := lock.SessionLock(ctx, pool, key, lock.WithTimeout(100*time.Millisecond)); !errors.Is(err, pgcc.ErrLockNotAvailable) {
 		t.Fatalf("timeout = %v", err)
 	}
@@ -196,6 +193,12 @@ func TestSessionLockReleaseAndReuse(t *testing.T) {
 // tests take advisory locks with the same keys in their own databases.
 const thisDB = "(SELECT oid FROM pg_database WHERE datname = current_database())"
 
+// TestSessionLockCancelWhileWaiting: a SessionLock cancelled while it waits returns context.Canceled and
+// leaves nothing behind: its connection goes back to the pool holding nothing, or, when the server did not
+// acknowledge the cancel request within lock.CancelGrace (a loaded machine), is closed. A backend whose
+// client closed the connection while it waited for a lock stays in the lock's queue until it is granted
+// the lock (PostgreSQL does not look at the socket while it waits, client_connection_check_interval being
+// off by default) and exits then; the test checks that it does, once the holder releases.
 func TestSessionLockCancelWhileWaiting(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 0, func(c *pgxpool.Config) { c.MaxConns = 3 })
@@ -211,29 +214,95 @@ func TestSessionLockCancelWhileWaiting(t *testing.T) {
 		_, err := lock.SessionLock(ctx, pool, key)
 		done <- err
 	}()
-	// Wait until some backend waits on the advisory lock.
-	deadline := time.Now().Add(10 * time.Second)
+	// Wait until some backend waits on the advisory lock (30 s: on a loaded machine a statement can take
+	// more than 10 s to reach its lock).
+	var waiter int64
+	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "+thisDB) == 1 {
+		waiter = queryInt(t, pool, "SELECT coalesce(min(pid), 0) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "+thisDB)
+		if waiter != 0 {
 			break
 		}
 		if time.Now().After(deadline) {
+			cancel()
+			<-done
 			t.Fatal("nobody waited")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
+	err = <-done
+	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
+	lockError(t, err)
 	if n := pool.Stat().AcquiredConns(); n != 1 {
 		t.Errorf("acquired = %d, want 1 (the holder)", n)
 	}
-	// The waiter's connection went back healthy, holding nothing: the pool's other connections work and
-	// pg_locks shows one advisory lock.
-	if n := queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "+thisDB); n != 1 {
-		t.Errorf("%d advisory locks, want the holder's only", n)
+	// The server cancelled the wait (57014) and the connection went back to the pool: pg_locks must show the
+	// holder's lock alone at once. Otherwise the connection was closed, and its backend may still wait.
+	closed := pgCode(err) != pgerrcode.QueryCanceled
+	if closed {
+		t.Logf("the cancel request was not acknowledged within %v: the connection was closed (%v)", lock.CancelGrace, err)
 	}
+	if n := queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1 AND database = "+thisDB,
+		int64(h.PID())); n != 1 {
+		t.Errorf("the holder has %d advisory locks, want 1", n)
+	}
+	others := func() []advisoryLock { return advisoryLocks(t, pool, h.PID()) }
+	left := others()
+	if len(left) == 0 {
+		return
+	}
+	if !closed {
+		t.Fatalf("the wait was cancelled and the connection kept, yet pg_locks shows advisory locks besides the holder's: %+v", left)
+	}
+	// Only the closed connection's backend may be left, waiting: while the holder keeps the lock, nobody
+	// else may hold it.
+	if len(left) != 1 || left[0].PID != waiter || left[0].Granted {
+		t.Fatalf("pg_locks besides the holder's: %+v, want only the closed waiter's backend %d, waiting", left, waiter)
+	}
+	t.Logf("the closed connection's backend still waits: %+v; releasing the holder", left)
+	if err := h.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Granted the lock, the orphaned backend finds its client gone and exits, releasing it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		n := queryInt(t, pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "+thisDB)
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d advisory locks 10s after the holder released: %+v", n, others())
+		}
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("acquired = %d after the holder's release, want 0", n)
+	}
+}
+
+// advisoryLock is one advisory lock of pg_locks, with its backend's state.
+type advisoryLock struct {
+	PID       int64
+	Granted   bool
+	State     string
+	WaitEvent string
+}
+
+// advisoryLocks lists the advisory locks of the test's database, but those of backend except.
+func advisoryLocks(t *testing.T, pool *pgxpool.Pool, except int) []advisoryLock {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT l.pid, l.granted, coalesce(a.state, ''), coalesce(a.wait_event_type, '')
+		FROM pg_locks l LEFT JOIN pg_stat_activity a USING (pid)
+		WHERE l.locktype = 'advisory' AND l.database = `+thisDB+` AND l.pid <> $1 ORDER BY l.pid`, int64(except))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowToStructByPos[advisoryLock])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
 }
 
 // TestSessionLockDiesWithBackend: terminating the holder's backend releases the lock; Release then reports

@@ -245,8 +245,6 @@ func TestBlockersThroughMultiXact(t *testing.T) {
 	if !errors.Is(err, pgcc.ErrLockNotAvailable) {
 		t.Fatalf("err = %v", err)
 	}
-	if le.DiagnosticsErr != nil || len(le.Blockers) != 1 || le.Blockers[0].PID != holderPID {
-		t.Errorf("blockers = %v (diagnostics: %v), want the holder %d alone", le.Blockers, le.DiagnosticsErr, holderPID)
-	}
+	checkBlockers(t, le, holderPID)
 	t.Logf("%v", err)
 }

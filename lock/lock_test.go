@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -162,6 +163,28 @@ func lockError(t *testing.T, err error) *pgcc.LockError {
 		t.Fatalf("error %v (%T) is not a *pgcc.LockError", err, err)
 	}
 	return le
+}
+
+// checkBlockers checks that le names the backends pids, in that order, as the sessions holding the lock,
+// with no diagnostics error. The look-up behind WithDiagnostics is bounded to two seconds; on a loaded machine
+// it can run out, which leaves Blockers empty and DiagnosticsErr matching context.DeadlineExceeded, the
+// documented outcome: checkBlockers logs it and accepts it. Empty blockers with any other DiagnosticsErr, or
+// with none, fail as before. It reports whether the blockers were found, so a caller can check them further.
+func checkBlockers(t *testing.T, le *pgcc.LockError, pids ...int) bool {
+	t.Helper()
+	if len(le.Blockers) == 0 && errors.Is(le.DiagnosticsErr, context.DeadlineExceeded) {
+		t.Logf("the blockers' look-up ran out of its two seconds (%v): blockers not checked", le.DiagnosticsErr)
+		return false
+	}
+	got := make([]int, len(le.Blockers))
+	for i, b := range le.Blockers {
+		got[i] = b.PID
+	}
+	if le.DiagnosticsErr != nil || !slices.Equal(got, pids) {
+		t.Errorf("blockers = %v (pids %v, diagnostics: %v), want pids %v", le.Blockers, got, le.DiagnosticsErr, pids)
+		return false
+	}
+	return true
 }
 
 func queryInt(t *testing.T, q interface {
@@ -336,11 +359,8 @@ func TestNoWaitFailsFastWithBlockers(t *testing.T) {
 		if le.Table != `"items"` || fmt.Sprint(le.Keys) != "[(1)]" {
 			t.Errorf("LockError names %s %v, want \"items\" [(1)]", le.Table, le.Keys)
 		}
-		if le.DiagnosticsErr != nil {
-			t.Fatalf("diagnostics: %v", le.DiagnosticsErr)
-		}
-		if len(le.Blockers) != 1 {
-			t.Fatalf("blockers = %v, want the holder %d alone", le.Blockers, holder)
+		if !checkBlockers(t, le, holder) {
+			return
 		}
 		b := le.Blockers[0]
 		if b.PID != holder || b.Application != "pgcc-test" || b.State != "idle in transaction" ||
@@ -430,7 +450,7 @@ func checkConnHealthy(t *testing.T, pool *pgxpool.Pool, conn *pgxpool.Conn, tx, 
 func TestContextDeadlineWhileBlocked(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, 1)
-	holder, _ := holdRow(t, pool, 1)
+	holder, holderPID := holdRow(t, pool, 1)
 	for attempt := 1; ; attempt++ {
 		conn, err := pool.Acquire(context.Background())
 		if err != nil {
@@ -462,9 +482,7 @@ func TestContextDeadlineWhileBlocked(t *testing.T) {
 		if elapsed > 300*time.Millisecond+lockwait.DeadlineGrace+2*time.Second+200*time.Millisecond {
 			t.Errorf("returned after %v, past the deadline, its grace and the diagnostics' two seconds", elapsed)
 		}
-		if len(le.Blockers) != 1 {
-			t.Errorf("blockers = %v, want the holder", le.Blockers)
-		}
+		checkBlockers(t, le, holderPID)
 		if conn.Conn().IsClosed() && attempt < 3 {
 			t.Logf("attempt %d: the answer came too late and the connection was closed; again", attempt)
 			conn.Release()
@@ -511,18 +529,50 @@ func TestContextCancelWhileBlocked(t *testing.T) {
 	if !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", r.err)
 	}
-	if pgCode(r.err) != pgerrcode.QueryCanceled {
-		t.Errorf("SQLSTATE = %q, want 57014: the server cancelled the wait", pgCode(r.err))
-	}
 	lockError(t, r.err)
 	// "Promptly" is under 100ms on an idle machine (a cancel request is one local connection); on a loaded
-	// one the cancel request's connection alone can take a second or more, and the promise is CancelGrace,
-	// within which the server answered (the connection is kept, checked below).
+	// one the cancel request's connection alone can take a second or more, and the promise is CancelGrace.
 	if latency > lockwait.CancelGrace+200*time.Millisecond {
 		t.Errorf("returned %v after cancellation", latency)
 	}
-	t.Logf("cancel while blocked: returned %v after cancel()", latency)
+	t.Logf("cancel while blocked: returned %v after cancel() (%v)", latency, r.err)
+	if conn.Conn().IsClosed() && latency >= lockwait.CancelGrace {
+		// The server did not acknowledge the cancel request and end the wait within CancelGrace, so lock
+		// closed the connection, as its package documentation says (a loaded machine does this).
+		t.Logf("the cancel request was not acknowledged within %v: the connection was closed, as documented", lockwait.CancelGrace)
+		releaseClosed(t, pool, conn, tx, holder)
+		return
+	}
+	// Within the grace the server answered: the wait was cancelled (57014) and the connection is kept.
+	if pgCode(r.err) != pgerrcode.QueryCanceled {
+		t.Errorf("SQLSTATE = %q, want 57014: the server cancelled the wait", pgCode(r.err))
+	}
 	checkConnHealthy(t, pool, conn, tx, holder, pid)
+}
+
+// releaseClosed ends a test whose connection conn lock closed: it rolls tx back (which, on a closed
+// connection, sends nothing), gives conn back to the pool, rolls holder back, and waits up to 20 seconds for
+// the pool to have nothing acquired. The pool destroys a closed connection asynchronously and counts it as
+// acquired until pgx's cleanup of it is done: after a read cut off by a deadline pgx sends a cancel request
+// of its own and waits up to 15 seconds for the server's answer, which a loaded machine delays.
+func releaseClosed(t *testing.T, pool *pgxpool.Pool, conn *pgxpool.Conn, tx, holder pgx.Tx) {
+	t.Helper()
+	ctx := context.Background()
+	_ = tx.Rollback(ctx)
+	conn.Release()
+	if err := holder.Rollback(ctx); err != nil {
+		t.Error(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		n := pool.Stat().AcquiredConns()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("pool has %d connections acquired 20s after the closed one was released", n)
+			return
+		}
+	}
 }
 
 // TestOppositeOrderNoDeadlock: 16 goroutines lock the same eight rows for three seconds, half listing them
