@@ -258,7 +258,7 @@ func TestLostCommitLookUpReconnects(t *testing.T) {
 	defer hogs.Wait()
 
 	proxy.LoseReply(1, pgfailtest.IsCommit)
-	runCtx, cancel := context.WithTimeout(context.WithValue(ctx, lookUpMark{}, true), 10*time.Second)
+	runCtx, cancel := context.WithTimeout(context.WithValue(ctx, lookUpMark{}, true), 20*time.Second) // under the hogs' 30 s
 	defer cancel()
 	calls := 0
 	err := txn.Run(runCtx, pool, func(ctx context.Context, tx pgx.Tx) error {

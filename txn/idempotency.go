@@ -199,6 +199,14 @@ type gotConn struct {
 // reconnectCap bounds the pause between two tries of one of raceConn's ways to a connection.
 const reconnectCap = 200 * time.Millisecond
 
+// firstConnectLimit bounds the first try of each of raceConn's own connections, and each later try gets twice
+// the previous one's, up to maxConnectLimit: a handshake the network stopped would otherwise hold its way until
+// ctx ends (seen under network faults: two connections of a look-up each stuck for the whole 30 s).
+const (
+	firstConnectLimit = 2 * time.Second
+	maxConnectLimit   = 8 * time.Second
+)
+
 // hedgeAfter is how long raceConn's first connection of its own may take before it starts a second beside it.
 const hedgeAfter = 300 * time.Millisecond
 
@@ -209,7 +217,8 @@ const hedgeAfter = 300 * time.Millisecond
 //
 // Each way tries again, after a pause doubling from 10 ms to reconnectCap, for as long as it fails as a
 // connection does (refused, reset during the handshake, the server starting up; for the pool, a connection it
-// failed to open) and no other way has succeeded. The network or the server that lost COMMIT's answer is
+// failed to open) and no other way has succeeded; a try of an own connection also ends after
+// firstConnectLimit (then twice that, up to maxConnectLimit). The network or the server that lost COMMIT's answer is
 // often failing still: measured under network faults on a loaded machine, a new connection took 1–3 s to
 // open and a reset of every connection came every 0.8 s on average, so that one connection opened at a time
 // failed 23 times in a row over 30 s, while the pool's, which the other callers keep reopening, were getting
@@ -219,12 +228,18 @@ func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, befo
 	const ways = 3
 	rctx, cancel := context.WithCancel(ctx)
 	results := make(chan gotConn, ways)
-	own := func() (gotConn, error) {
-		c, err := connectWith(rctx, cfg.Copy(), before, after) // a copy per try, as the pool does: before may change it
-		if err != nil {
-			return gotConn{}, err
+	own := func() func() (gotConn, error) {
+		limit := firstConnectLimit
+		return func() (gotConn, error) {
+			tctx, cancelTry := context.WithTimeout(rctx, limit)
+			defer cancelTry()
+			limit = min(2*limit, maxConnectLimit)
+			c, err := connectWith(tctx, cfg.Copy(), before, after) // a copy per try, as the pool does: before may change it
+			if err != nil {
+				return gotConn{}, err
+			}
+			return gotConn{conn: c, release: closer(ctx, c)}, nil
 		}
-		return gotConn{conn: c, release: closer(ctx, c)}, nil
 	}
 	pooled := func() (gotConn, error) {
 		c, err := pool.Acquire(rctx)
@@ -233,8 +248,8 @@ func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, befo
 		}
 		return gotConn{conn: c.Conn(), release: c.Release}, nil
 	}
-	go func() { results <- retryWay(rctx, 0, own) }()
-	go func() { results <- retryWay(rctx, hedgeAfter, own) }()
+	go func() { results <- retryWay(rctx, 0, own()) }()
+	go func() { results <- retryWay(rctx, hedgeAfter, own()) }()
 	go func() { results <- retryWay(rctx, 0, pooled) }()
 	var errs []error
 	for range ways {

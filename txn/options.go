@@ -294,8 +294,9 @@ const MaxIdempotencyKeyLen = 512
 //   - When the connection fails while COMMIT is in flight, Run looks the key up on another connection
 //     (bounded by ctx, whose last quarter, up to 5 s, Run keeps for it: it neither waits for COMMIT's answer
 //     nor sends COMMIT in that time; on a *pgxpool.Pool the first of a connection it opens with the pool's
-//     configuration, opened again while it fails to connect, and one of the pool's, so that the look-up
-//     neither queues behind a saturated pool nor waits for a new connection when one is idle) instead of reporting [pgcc.ErrCommitUnknown]: if this attempt committed, Run returns
+//     configuration (a second one beside it after 300 ms) and one of the pool's, each tried again while it
+//     fails to connect, so that the look-up neither queues behind a saturated pool nor waits for a new
+//     connection when one is idle) instead of reporting [pgcc.ErrCommitUnknown]: if this attempt committed, Run returns
 //     nil and [RunValue] the value fn produced in it; if it certainly did not, Run retries (on a pool) or
 //     returns a [*pgcc.ConnectionLostError]. A transaction still in progress on the lost connection is
 //     waited for briefly and then ended with pg_terminate_backend, which turns a hung original into a
