@@ -155,29 +155,8 @@ func TestLostCommitReplyResolvedBySaturatedPool(t *testing.T) {
 
 	// Hogs queue on the pool for as long as the test runs, each holding a connection for 30 s: once Run's
 	// connection breaks, the slot it frees goes to a hog that was waiting before the look-up.
-	hogCtx, stopHogs := context.WithCancel(ctx)
+	entered, stopHogs := startHogs(pool, 2*conns)
 	defer stopHogs()
-	entered := make(chan struct{})
-	var hogs sync.WaitGroup
-	for range 2 * conns {
-		hogs.Add(1)
-		go func() {
-			defer hogs.Done()
-			<-entered
-			for hogCtx.Err() == nil {
-				c, err := pool.Acquire(hogCtx)
-				if err != nil {
-					return
-				}
-				select {
-				case <-hogCtx.Done():
-				case <-time.After(30 * time.Second):
-				}
-				c.Release()
-			}
-		}()
-	}
-	defer hogs.Wait()
 
 	proxy.LoseReply(1, pgfailtest.IsCommit)
 	// Shorter than the hogs' hold, long enough for a fresh connection on a loaded machine.
@@ -203,10 +182,41 @@ func TestLostCommitReplyResolvedBySaturatedPool(t *testing.T) {
 	if b := balance(t, db); b != 101 {
 		t.Errorf("balance %d, want 101", b)
 	}
-	hogs.Wait()
 	if n := afterConnect.Load(); n < conns+1 {
 		t.Errorf("AfterConnect ran %d times, want at least %d (the pool's and the look-up's connections)", n, conns+1)
 	}
+}
+
+// startHogs starts n goroutines that, once entered is closed, acquire a connection from pool and hold it for
+// 30 s, again and again, so that the pool stays saturated. stop ends them and waits for them; it may be called
+// more than once.
+func startHogs(pool *pgxpool.Pool, n int) (entered chan struct{}, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	entered = make(chan struct{})
+	var hogs sync.WaitGroup
+	for range n {
+		hogs.Add(1)
+		go func() {
+			defer hogs.Done()
+			select {
+			case <-entered:
+			case <-ctx.Done():
+				return
+			}
+			for ctx.Err() == nil {
+				c, err := pool.Acquire(ctx)
+				if err != nil {
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(30 * time.Second):
+				}
+				c.Release()
+			}
+		}()
+	}
+	return entered, func() { cancel(); hogs.Wait() }
 }
 
 // lookUpMark marks the context of the Run whose look-up TestLostCommitLookUpReconnects refuses connections to.
@@ -233,29 +243,8 @@ func TestLostCommitLookUpReconnects(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	hogCtx, stopHogs := context.WithCancel(ctx)
+	entered, stopHogs := startHogs(pool, 2*conns)
 	defer stopHogs()
-	entered := make(chan struct{})
-	var hogs sync.WaitGroup
-	for range 2 * conns {
-		hogs.Add(1)
-		go func() {
-			defer hogs.Done()
-			<-entered
-			for hogCtx.Err() == nil {
-				c, err := pool.Acquire(hogCtx)
-				if err != nil {
-					return
-				}
-				select {
-				case <-hogCtx.Done():
-				case <-time.After(30 * time.Second):
-				}
-				c.Release()
-			}
-		}()
-	}
-	defer hogs.Wait()
 
 	proxy.LoseReply(1, pgfailtest.IsCommit)
 	runCtx, cancel := context.WithTimeout(context.WithValue(ctx, lookUpMark{}, true), 20*time.Second) // under the hogs' 30 s
@@ -284,7 +273,6 @@ func TestLostCommitLookUpReconnects(t *testing.T) {
 	if b := balance(t, db); b != 101 {
 		t.Errorf("balance %d, want 101", b)
 	}
-	hogs.Wait()
 	// The lost connection counts as acquired until its destructor has closed it, in the background.
 	if n := testdb.AwaitReleased(pool, testdb.LeakGrace); n != 0 {
 		t.Errorf("%d connections left acquired", n)
