@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -277,6 +278,55 @@ func TestLostCommitLookUpReconnects(t *testing.T) {
 	if n := testdb.AwaitReleased(pool, testdb.LeakGrace); n != 0 {
 		t.Errorf("%d connections left acquired", n)
 	}
+}
+
+// TestLostCommitLookUpGivesUpWithoutDeadline: the reply is lost and every connection after it is refused (a
+// server that stays down), under a context without a deadline. The look-up's ways give up after the policy's
+// attempts, and Run reports ErrCommitUnknown, naming the key, instead of trying forever.
+func TestLostCommitLookUpGivesUpWithoutDeadline(t *testing.T) {
+	t.Parallel()
+	closed := closedPort(t)
+	var down atomic.Bool
+	var tried atomic.Int32
+	db, proxy, _, pool := proxied(t, func(c *pgxpool.Config) {
+		c.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
+			if down.Load() {
+				tried.Add(1)
+				cc.Host, cc.Port = "127.0.0.1", closed
+			}
+			return nil
+		}
+	})
+	proxy.LoseReply(1, pgfailtest.IsCommit)
+	done := make(chan error, 1)
+	go func() {
+		done <- txn.Run(context.Background(), pool, func(ctx context.Context, tx pgx.Tx) error {
+			down.Store(true)
+			return increment(ctx, tx)
+		}, txn.WithIdempotencyKey("server gone"), txn.WithMaxAttempts(3), fastRetry)
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(45 * time.Second):
+		down.Store(false) // let the look-up through, so that the goroutine ends
+		t.Fatalf("Run still looking the key up after 45 s (%d connections tried): the look-up has no bound without a deadline", tried.Load())
+	}
+	var unknown *pgcc.CommitUnknownError
+	if !errors.As(err, &unknown) || !strings.Contains(err.Error(), `"server gone"`) {
+		t.Fatalf("Run = %v, want a CommitUnknownError naming the key", err)
+	}
+	// 3 probes, each 3 ways of at most 3 tries.
+	if n := tried.Load(); n < 3 || n > 27 {
+		t.Errorf("%d connections tried, want between 3 and 27", n)
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101: the COMMIT whose reply was lost committed", b)
+	}
+	if n := testdb.AwaitReleased(pool, testdb.LeakGrace); n != 0 {
+		t.Errorf("%d connections left acquired", n)
+	}
+	t.Logf("gave up after %d connections tried", tried.Load())
 }
 
 // closedPort returns a loopback port nothing listens on: a connection to it is refused.

@@ -173,7 +173,7 @@ func (r *runner) probeConn(ctx context.Context, lost *pgx.Conn) (*pgx.Conn, func
 	switch db := r.db.(type) {
 	case *pgxpool.Pool:
 		pc := db.Config()
-		return raceConn(ctx, db, pc.ConnConfig, pc.BeforeConnect, pc.AfterConnect)
+		return raceConn(ctx, db, pc.ConnConfig, pc.BeforeConnect, pc.AfterConnect, r.cfg.maxAttempts)
 	case acquirer:
 		c, err := db.Acquire(ctx)
 		if err != nil {
@@ -222,9 +222,10 @@ const hedgeAfter = 300 * time.Millisecond
 // often failing still: measured under network faults on a loaded machine, a new connection took 1–3 s to
 // open and a reset of every connection came every 0.8 s on average, so that one connection opened at a time
 // failed 23 times in a row over 30 s, while the pool's, which the other callers keep reopening, were getting
-// through. Any other failure (a refused password, a missing database) ends its way.
+// through. Any other failure (a refused password, a missing database) ends its way, and so does its tries'th
+// failure: without a deadline, a server that stays down must not keep the look-up trying forever.
 func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, before func(context.Context, *pgx.ConnConfig) error,
-	after func(context.Context, *pgx.Conn) error) (*pgx.Conn, func(), error) {
+	after func(context.Context, *pgx.Conn) error, tries int) (*pgx.Conn, func(), error) {
 	const ways = 3
 	rctx, cancel := context.WithCancel(ctx)
 	results := make(chan gotConn, ways)
@@ -248,9 +249,9 @@ func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, befo
 		}
 		return gotConn{conn: c.Conn(), release: c.Release}, nil
 	}
-	go func() { results <- retryWay(rctx, 0, own()) }()
-	go func() { results <- retryWay(rctx, hedgeAfter, own()) }()
-	go func() { results <- retryWay(rctx, 0, pooled) }()
+	go func() { results <- retryWay(rctx, 0, tries, own()) }()
+	go func() { results <- retryWay(rctx, hedgeAfter, tries, own()) }()
+	go func() { results <- retryWay(rctx, 0, tries, pooled) }()
 	var errs []error
 	for range ways {
 		got := <-results
@@ -273,19 +274,19 @@ func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, befo
 	return nil, nil, errors.Join(errs...)
 }
 
-// retryWay runs try, after waiting delay, until it succeeds, fails other than as a connection does, or ctx
-// ends; between two tries it pauses 10 ms, doubling up to reconnectCap.
-func retryWay(ctx context.Context, delay time.Duration, try func() (gotConn, error)) gotConn {
+// retryWay runs try, after waiting delay, until it succeeds, fails other than as a connection does, has
+// failed tries times, or ctx ends; between two tries it pauses 10 ms, doubling up to reconnectCap.
+func retryWay(ctx context.Context, delay time.Duration, tries int, try func() (gotConn, error)) gotConn {
 	if err := sleep(ctx, delay); err != nil {
 		return gotConn{err: err}
 	}
 	pause := 10 * time.Millisecond
-	for {
+	for n := 1; ; n++ {
 		got, err := try()
 		if err == nil {
 			return got
 		}
-		if ctx.Err() != nil || !pgfail.ConnectionFailed(err) || sleep(ctx, pause) != nil {
+		if n >= tries || ctx.Err() != nil || !pgfail.ConnectionFailed(err) || sleep(ctx, pause) != nil {
 			return gotConn{err: err}
 		}
 		pause = min(2*pause, reconnectCap)
