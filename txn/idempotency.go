@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
@@ -118,6 +119,10 @@ func (r *runner) resolve(ctx context.Context, lost *pgx.Conn, attempt int64) res
 // waits on the unique index until the original transaction ends. Inserted, the original did not commit (the
 // probe rolls its row back); a conflict means a committed row, whose attempt number says whose. A wait past
 // probeGrace ends the original's backend, found by the advisory lock its BEGIN took, and asks again.
+//
+// The whole transaction is one round trip (see probeBatch): the look-up runs when the network or the server
+// has just failed and may fail again at any moment, so the fewer exchanges it needs once it has a
+// connection, the likelier it is to finish.
 func (r *runner) probe(ctx context.Context, lost *pgx.Conn, attempt int64) (res resolution, again bool) {
 	if err := ctx.Err(); err != nil {
 		return resolution{err: context.Cause(ctx)}, false
@@ -127,37 +132,62 @@ func (r *runner) probe(ctx context.Context, lost *pgx.Conn, attempt int64) (res 
 		return resolution{err: err}, pgfail.ConnectionFailed(err)
 	}
 	defer release()
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = " +
-		strconv.FormatInt(millis(probeGrace), 10)})
+	pc := conn.PgConn()
+	results, err := pc.ExecBatch(ctx, probeBatch(r.cfg.key)).ReadAll()
 	if err != nil {
-		return resolution{err: err}, pgfail.ConnectionFailed(err)
-	}
-	defer rollback(ctx, tx)
-	tag, err := tx.Exec(ctx, "INSERT INTO "+keyTable+" (key, expires_at, attempt) VALUES ($1, now(), 0) ON CONFLICT (key) DO NOTHING", r.cfg.key)
-	switch {
-	case err == nil && tag.RowsAffected() == 1:
-		return resolution{notCommitted: true}, false
-	case err == nil:
-		var committedBy int64
-		var at time.Time
-		err := tx.QueryRow(ctx, "SELECT attempt, applied_at FROM "+keyTable+" WHERE key = $1", r.cfg.key).Scan(&committedBy, &at)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows): // purged between the two statements: ask again
-			return resolution{err: err}, true
-		case err != nil:
-			return resolution{err: err}, pgfail.ConnectionFailed(err)
-		case committedBy == attempt:
-			return resolution{committed: true}, false
-		default:
-			return resolution{applied: &pgcc.AlreadyAppliedError{Key: r.cfg.key, AppliedAt: at}}, false
+		if pc.TxStatus() != 'I' && !pc.IsClosed() {
+			rctx, cancel := detached(ctx)
+			_, _ = pc.Exec(rctx, "ROLLBACK").ReadAll()
+			cancel()
 		}
-	case isLockNotAvailable(err):
-		rollback(ctx, tx)
-		terminateAttempt(ctx, conn, attempt)
-		return resolution{err: err}, true
-	default:
+		if isLockNotAvailable(err) {
+			terminateAttempt(ctx, conn, attempt)
+			return resolution{err: err}, true
+		}
 		return resolution{err: err}, pgfail.ConnectionFailed(err)
 	}
+	if len(results) <= probeSelect {
+		return resolution{err: fmt.Errorf("idempotency key %s: the look-up got %d results of %d statements", pgcc.FormatValue(r.cfg.key), len(results), probeSelect+2)}, false
+	}
+	inserted, found := results[probeInsert].CommandTag, results[probeSelect].Rows
+	switch {
+	case inserted.RowsAffected() == 1:
+		return resolution{notCommitted: true}, false
+	case len(found) == 0: // purged between the two statements: ask again
+		return resolution{err: fmt.Errorf("idempotency key %s: %w", pgcc.FormatValue(r.cfg.key), pgx.ErrNoRows)}, true
+	}
+	committedBy, err1 := strconv.ParseInt(string(found[0][0]), 10, 64)
+	micros, err2 := strconv.ParseInt(string(found[0][1]), 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return resolution{err: fmt.Errorf("idempotency key %s: reading its row: %w", pgcc.FormatValue(r.cfg.key), err)}, false
+	}
+	if committedBy == attempt {
+		return resolution{committed: true}, false
+	}
+	return resolution{applied: &pgcc.AlreadyAppliedError{Key: r.cfg.key, AppliedAt: time.UnixMicro(micros)}}, false
+}
+
+// The statements of probeBatch whose results probe reads.
+const (
+	probeInsert = 2
+	probeSelect = 3
+)
+
+// probeBatch is a look-up's transaction as one pipeline, sent with a single Sync: unnamed statements with the
+// key as a text parameter, so that even a connection that has prepared nothing answers in one round trip. The
+// SELECT is a statement of its own, after the INSERT, so that it sees a row committed while the INSERT
+// waited. An error skips what follows it up to the Sync and leaves the transaction failed; probe then rolls it
+// back.
+func probeBatch(key string) *pgconn.Batch {
+	k := [][]byte{[]byte(key)}
+	text := []uint32{pgtype.TextOID}
+	b := &pgconn.Batch{}
+	b.ExecParams("BEGIN ISOLATION LEVEL READ COMMITTED", nil, nil, nil, nil)
+	b.ExecParams("SET LOCAL lock_timeout = "+strconv.FormatInt(millis(probeGrace), 10), nil, nil, nil, nil)
+	b.ExecParams("INSERT INTO "+keyTable+" (key, expires_at, attempt) VALUES ($1, now(), 0) ON CONFLICT (key) DO NOTHING", k, text, nil, nil)
+	b.ExecParams("SELECT attempt, (extract(epoch FROM applied_at) * 1000000)::bigint FROM "+keyTable+" WHERE key = $1", k, text, nil, nil)
+	b.ExecParams("ROLLBACK", nil, nil, nil, nil)
+	return b
 }
 
 // probeConn returns a connection for a look-up, and the function that gives it back. On a *pgxpool.Pool it

@@ -15,6 +15,7 @@ import (
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/faultnet"
 	"github.com/pgcc/pgcc/internal/pgfail/pgfailtest"
+	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/txn"
 )
 
@@ -377,5 +378,33 @@ func TestKeyedCommitNotSentWithoutTimeToConfirm(t *testing.T) {
 	}
 	if stat := pool.Stat(); stat.AcquiredConns() != 0 {
 		t.Errorf("%d connections left acquired", stat.AcquiredConns())
+	}
+}
+
+// TestLostCommitLookUpIsOneRoundTrip counts the round trips of a look-up: once it has a connection, it settles
+// the outcome in one (its transaction is a single pipeline), where it took six before. Each one is a chance
+// for the fault that lost the COMMIT's answer to strike again.
+func TestLostCommitLookUpIsOneRoundTrip(t *testing.T) {
+	t.Parallel()
+	db, _ := setup(t, 1)
+	p, dsn := faultnet.ForDSN(t, db.DSN)
+	conn := (&pgtest.DB{Name: db.Name, DSN: dsn}).Conn(t) // one connection: the look-up opens exactly one of its own
+	ctx := context.Background()
+	if err := txn.Run(ctx, conn, increment, txn.WithIdempotencyKey("warm")); err != nil {
+		t.Fatal(err)
+	}
+	p.ResetStats()
+	lose := p.OnQuery(faultnet.IsCommit, faultnet.LoseReply)
+	err := txn.Run(ctx, conn, increment, txn.WithIdempotencyKey("lost"))
+	if err != nil || lose.Fired() != 1 {
+		t.Fatalf("Run = %v with %d COMMIT replies lost; want nil, settled by the key, with 1", err, lose.Fired())
+	}
+	// BEGIN with the key, the UPDATE, COMMIT; the cancel request pgx sends as it closes the broken connection;
+	// then the look-up: its connection (one with trust authentication) and its probe.
+	if n := p.Stats().Flights; n != 6 {
+		t.Errorf("%d round trips, want 6: 3 for the transaction, pgx's cancel request, 1 to connect, 1 to look the key up", n)
+	}
+	if b := balance(t, db); b != 102 {
+		t.Errorf("balance %d, want 102", b)
 	}
 }
