@@ -1,7 +1,8 @@
 // Package poolers_test runs every pgcc feature through PgBouncer, under each pgx query exec mode that can work
 // behind transaction pooling (cache_describe, exec, simple_protocol) and in session pooling, with concurrent
 // workers and the same exact invariants as the direct tests: bank totals conserved, counters equal to the
-// operations acknowledged, each queue job processed once, each idempotency key applied once, fencing tokens
+// operations acknowledged, each queue job processed once, each idempotency key applied once (a COMMIT whose
+// reply is lost between client and pooler settled by its key's look-up through the pooler), fencing tokens
 // strictly increasing, session locks refused through transaction pooling and exclusive through session
 // pooling.
 //
@@ -27,8 +28,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,6 +41,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/faultnet"
 	"github.com/pgcc/pgcc/internal/pgbouncer"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/lease"
@@ -105,6 +109,7 @@ var features = []feature{
 	{"lock.SessionLock", testSessionLock},
 	{"lease", testLease},
 	{"txn.WithIdempotencyKey", testIdempotency},
+	{"txn.WithIdempotencyKey(lost COMMIT)", testLostCommitLookUp},
 }
 
 // TestThroughPgBouncer runs every feature under every mode. The modes run in parallel, the features of one
@@ -796,4 +801,58 @@ func testIdempotency(t *testing.T, e *env) {
 	if n := queryInt(t, e.direct, `SELECT n FROM counter`); n != keys || applied.Load() != keys || already.Load() != (workers-1)*keys {
 		t.Errorf("counter %d, applied %d, already applied %d; want %d, %d, %d", n, applied.Load(), already.Load(), keys, keys, (workers-1)*keys)
 	}
+}
+
+// testLostCommitLookUp: the reply to a keyed transaction's COMMIT is lost between the client and the pooler
+// (it committed; the client's connection is reset), and the key's look-up, on a connection of its own through
+// the pooler or one of the pool's, settles it: Run returns nil and the increment is applied once. Concurrent
+// workers keep the pooler's server connections busy meanwhile.
+func testLostCommitLookUp(t *testing.T, e *env) {
+	counter(t, e)
+	ctx := caseCtx(t)
+	pc := e.pool.Config()
+	proxy := faultnet.Start(t, fmt.Sprintf("%s:%d", pc.ConnConfig.Host, pc.ConnConfig.Port))
+	host, port, err := net.SplitHostPort(proxy.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	portNum, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.ConnConfig.Host, pc.ConnConfig.Port = host, uint16(portNum)
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	const each = 5
+	lose := proxy.OnQuery(faultnet.IsCommit, faultnet.LoseReply, faultnet.Times(workers*each/2), faultnet.Probability(0.5))
+	var settled atomic.Int64
+	err = parallel(workers, func(w int) error {
+		for i := range each {
+			err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+				_, err := tx.Exec(ctx, `UPDATE counter SET n = n + 1 WHERE id = 1`)
+				return err
+			}, txn.WithIdempotencyKey(fmt.Sprintf("lost:%d:%d", w, i)))
+			if err != nil {
+				return fmt.Errorf("worker %d, key %d: %w", w, i, err)
+			}
+			settled.Add(1)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lose.Fired() == 0 {
+		t.Fatal("no COMMIT reply was lost")
+	}
+	if n := queryInt(t, e.direct, `SELECT n FROM counter`); n != workers*each || settled.Load() != workers*each {
+		t.Errorf("counter %d after %d calls returned nil; want %d, each applied once (%d COMMIT replies lost)", n, settled.Load(), workers*each, lose.Fired())
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Errorf("%d connections left acquired", n)
+	}
+	t.Logf("%d COMMIT replies lost between client and pooler, every one settled by its key", lose.Fired())
 }
