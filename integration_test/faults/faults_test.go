@@ -261,6 +261,7 @@ type outcome struct {
 	err     error
 	kind    kind
 	name    string
+	start   time.Time
 	elapsed time.Duration
 	timeout time.Duration
 }
@@ -277,6 +278,8 @@ type recorder struct {
 	target    int64
 	done      func()
 	elapsed   time.Duration // the workload's run time
+	// overflows watches the kernel's accept queues during the workload (see listenOverflows).
+	overflows *overflowWatch
 }
 
 // waitFor waits until the workload has done the given fraction of its transfers (with params.ops) or of its
@@ -361,6 +364,7 @@ func (c cell) run(t *testing.T) *recorder {
 	// The machine is shared and the tests run with the race detector: a stall of the whole process makes a
 	// call late through no fault of pgcc's. lag measures the stalls, so that they are told apart.
 	stopLag := measureStalls()
+	rec.overflows = watchOverflows()
 
 	var wg sync.WaitGroup
 	var readerChecks, readerViolations atomic.Int64
@@ -431,6 +435,7 @@ func (c cell) run(t *testing.T) *recorder {
 	}
 	wg.Wait()
 	lag := stopLag()
+	rec.overflows.Stop()
 	if c.p.ops > 0 && rec.transfers.Load() < int64(c.p.ops) {
 		// Not a failure of pgcc's: the machine's pace. The figures below say how far the cell got.
 		t.Logf("the cell's %v were up after %d transfers of %d", c.p.duration, rec.transfers.Load(), c.p.ops)
@@ -463,7 +468,7 @@ func (c cell) call(tr transfer, f func(ctx context.Context) error) outcome {
 	defer cancel()
 	start := time.Now()
 	err := f(ctx)
-	o := outcome{tr: tr, err: err, elapsed: time.Since(start), timeout: timeout}
+	o := outcome{tr: tr, err: err, start: start, elapsed: time.Since(start), timeout: timeout}
 	o.kind, o.name, _ = classify(err)
 	return o
 }
@@ -559,7 +564,12 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 			tot.unknown++
 			if o.tr.keyed {
 				tot.keyedUnknown++
-				violate("%s carried an idempotency key yet was reported commit-unknown: %v", o.tr.op, o.err)
+				// Still a violation; the count says whether the server was refusing new connections meanwhile.
+				dropped := ""
+				if n, ok := rec.overflows.during(o.start, o.start.Add(o.elapsed)); ok {
+					dropped = fmt.Sprintf(" (during the call the kernel dropped %d connection attempts from full accept queues)", n)
+				}
+				violate("%s carried an idempotency key yet was reported commit-unknown%s: %v", o.tr.op, dropped, o.err)
 			}
 		}
 	}
@@ -572,10 +582,14 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 		t.Errorf("%d+ violations:\n  %s", len(violations), strings.Join(violations, "\n  "))
 	}
 	tot.counterOK, tot.counterUnknown = int(counterOK), int(counterUnknown)
+	overflows := "not counted"
+	if n, ok := rec.overflows.total(); ok {
+		overflows = strconv.FormatInt(n, 10)
+	}
 	t.Logf("%s: %d transfers in %v (%.0f/s): %d applied, %d failed, %d commit-unknown (%d with a key); counter %d applied, %d unknown; "+
-		"max overrun past deadline %v (process stall %v); faults %v; outcomes %s",
+		"max overrun past deadline %v (process stall %v); listen overflows %s; faults %v; outcomes %s",
 		c.s.name, tot.ops, rec.elapsed.Round(time.Second), float64(tot.ops)/rec.elapsed.Seconds(), tot.applied, tot.failed, tot.unknown, tot.keyedUnknown, tot.counterOK, tot.counterUnknown,
-		tot.maxOverrun.Round(time.Millisecond), lag.Round(time.Millisecond), rec.faults, summary(rec.byName))
+		tot.maxOverrun.Round(time.Millisecond), lag.Round(time.Millisecond), overflows, rec.faults, summary(rec.byName))
 	if testing.Verbose() {
 		for name, msg := range rec.example {
 			t.Logf("  e.g. %s: %s", name, msg)
