@@ -128,16 +128,22 @@ func (c *Counter) CreateTable(ctx context.Context, db pgcc.DBTX) error {
 
 // Add adds delta (which may be negative) to the counter name, in a slot chosen at random, in one statement.
 // Outside a transaction, a statement whose connection failed after it was sent is a
-// [*pgcc.CommitUnknownError]: the addition may have been applied, and repeating it may count it twice. ctx
-// governs the statement.
+// [*pgcc.CommitUnknownError]: the addition may have been applied, and repeating it may count it twice. One
+// whose connection could not be made (the server down or out of connection slots) is a
+// [*pgcc.ConnectionLostError]: nothing was sent, and it may be repeated. ctx governs the statement.
 func (c *Counter) Add(ctx context.Context, db pgcc.DBTX, name string, delta int64) error {
 	if err := c.check("Add", db, name); err != nil {
 		return err
 	}
 	if _, err := db.Exec(ctx, c.add, name, rand.IntN(c.slots), delta); err != nil {
 		err = fmt.Errorf("pgcc: add to counter %q in %s: %w", name, c.table, err)
-		if _, inTx := db.(pgx.Tx); !inTx && pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
-			err = &pgcc.CommitUnknownError{Attempts: 1, Err: err}
+		if _, inTx := db.(pgx.Tx); !inTx {
+			switch pgfail.Classify(err, pgfail.Commit) {
+			case pgfail.Unknown:
+				err = &pgcc.CommitUnknownError{Attempts: 1, Err: err}
+			case pgfail.Aborted: // the connection could not be made: nothing was sent
+				err = &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !pgfail.Reconnects(db), Err: err}
+			}
 		}
 		return err
 	}

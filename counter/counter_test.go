@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgcc/pgcc"
@@ -133,3 +134,29 @@ func TestCounterRefusesBadArguments(t *testing.T) {
 }
 
 func maxConns(n int32) func(*pgxpool.Config) { return func(c *pgxpool.Config) { c.MaxConns = n } }
+
+// TestAddWithoutAConnectionIsLost: an Add on a pool that cannot open a connection (every slot of its role
+// taken: FATAL 53300) sent nothing. It is a *ConnectionLostError carrying the 53300, safe to repeat, never a
+// *CommitUnknownError, and the counter is unchanged.
+func TestAddWithoutAConnectionIsLost(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	pool := db.Pool(t)
+	ctx := context.Background()
+	c, err := counter.New("counters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateTable(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	refused := (&pgtest.DB{Name: db.Name, DSN: db.LimitedRole(t, 0)}).Pool(t)
+	err = c.Add(ctx, refused, "views", 1)
+	var lost *pgcc.ConnectionLostError
+	if !errors.As(err, &lost) || errors.Is(err, pgcc.ErrCommitUnknown) || pgcc.SQLState(err) != pgerrcode.TooManyConnections {
+		t.Fatalf("Add: %v, want a *ConnectionLostError carrying the 53300", err)
+	}
+	if n, err := c.Get(ctx, pool, "views"); err != nil || n != 0 {
+		t.Fatalf("counter %d (%v), want 0", n, err)
+	}
+}

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgcc/pgcc"
-	"github.com/pgcc/pgcc/internal/pgfail"
 )
 
 // Guard is a condition an atomic [Table.Add] checks on the value it would leave in its column, in the same
@@ -90,8 +89,9 @@ type atomicKey struct {
 // once and cached in t.
 //
 // Outside a transaction a statement whose connection failed after it was sent is a
-// [*pgcc.CommitUnknownError]: the addition may have been applied, and Add must not simply be repeated. ctx
-// governs both statements.
+// [*pgcc.CommitUnknownError]: the addition may have been applied, and Add must not simply be repeated. One
+// whose connection could not be made (the server down or out of connection slots) is a
+// [*pgcc.ConnectionLostError]: nothing was sent. ctx governs both statements.
 func (t *Table[T]) Add(ctx context.Context, db pgcc.DBTX, key pgcc.Key, column string, delta int64, guards ...Guard) (T, error) {
 	var row T
 	if err := t.check("Add", db); err != nil {
@@ -138,11 +138,7 @@ func (t *Table[T]) Add(ctx context.Context, db pgcc.DBTX, key pgcc.Key, column s
 	}
 	var zero T
 	if !errors.Is(err, pgx.ErrNoRows) {
-		err = fmt.Errorf("pgcc: add to %s of %s %s: %w", column, t.quoted, pgcc.FormatKey(t.keyCols, key), err)
-		if _, inTx := db.(pgx.Tx); !inTx && pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
-			err = &pgcc.CommitUnknownError{Attempts: 1, Err: err}
-		}
-		return zero, err
+		return zero, autocommitFailed(db, fmt.Errorf("pgcc: add to %s of %s %s: %w", column, t.quoted, pgcc.FormatKey(t.keyCols, key), err))
 	}
 	notFound := &pgcc.NotFoundError{Table: t.quoted, KeyColumns: t.KeyColumns(), Key: slices.Clone(key)}
 	if len(guards) == 0 {

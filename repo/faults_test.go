@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -66,6 +67,38 @@ func TestAutocommitWriteLostReplyIsCommitUnknown(t *testing.T) {
 	}
 	if got := mustGet(t, accounts, direct, 1); got.Balance != 160 || got.Version != 3 {
 		t.Fatalf("stored %+v, want the modification applied once", got)
+	}
+}
+
+// TestAutocommitWriteWithoutAConnectionIsLost: a write outside a transaction whose pool cannot open a
+// connection (every slot of its role taken: FATAL 53300, too_many_connections) sent nothing. Update and Add
+// return a *ConnectionLostError carrying the 53300, never a *CommitUnknownError, and the row is untouched.
+// Before, the FATAL inside pgx's connect error was read as the write's own connection failing after it was
+// sent: commit-unknown for a write that never left the client.
+func TestAutocommitWriteWithoutAConnectionIsLost(t *testing.T) {
+	t.Parallel()
+	db, direct, accounts := setup(t, 1)
+	refused := (&pgtest.DB{Name: db.Name, DSN: db.LimitedRole(t, 0)}).Pool(t)
+	ctx := context.Background()
+	isLost := func(op string, err error) {
+		t.Helper()
+		var lost *pgcc.ConnectionLostError
+		if !errors.As(err, &lost) || lost.SingleConnection || errors.Is(err, pgcc.ErrCommitUnknown) ||
+			pgcc.SQLState(err) != pgerrcode.TooManyConnections {
+			t.Errorf("%s: %v, want a *ConnectionLostError carrying the 53300", op, err)
+		}
+	}
+
+	row := mustGet(t, accounts, direct, 1)
+	row.Balance = 150
+	isLost("Update", accounts.Update(ctx, refused, &row))
+	if row.Version != 1 {
+		t.Errorf("the row's version moved to %d though nothing was sent", row.Version)
+	}
+	_, err := accounts.Add(ctx, refused, pgcc.Key{1}, "balance", 5)
+	isLost("Add", err)
+	if got := mustGet(t, accounts, direct, 1); got.Balance != 100 || got.Version != 1 {
+		t.Fatalf("stored %+v, want the row untouched", got)
 	}
 }
 

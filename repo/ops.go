@@ -155,7 +155,8 @@ func (t *Table[T]) scanCopies(positions []int, row pgx.Row, extra ...any) ([]ref
 // back to what it was before the write, so that the next attempt does not conflict with a version the
 // database never committed. For a pgx.Tx that Run did not give, nothing can be put back: read the row again
 // after a rollback. Outside a transaction, a write whose connection failed after it was sent is a
-// [*pgcc.CommitUnknownError] (it may have been applied; row is unchanged). ctx governs both statements.
+// [*pgcc.CommitUnknownError] (it may have been applied; row is unchanged), and one whose connection could not
+// be made a [*pgcc.ConnectionLostError] (nothing was sent). ctx governs both statements.
 //
 // Given the handle of [txn.Last] on a [VersionCounter] table, Update sends nothing: the write is queued to
 // travel with the transaction's COMMIT, row's version is set to the next one (always the next one, even when
@@ -321,10 +322,7 @@ func (t *Table[T]) send(ctx context.Context, db pgcc.DBTX, row *T, op, sql strin
 		written = err == nil && tag.RowsAffected() > 0
 	}
 	if err != nil {
-		err = fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err)
-		if _, inTx := db.(pgx.Tx); !inTx && pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
-			err = &pgcc.CommitUnknownError{Attempts: 1, Err: err} // autocommitted, and it may have been applied
-		}
+		err = autocommitFailed(db, fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err))
 		return false, expected, err
 	}
 	return written, expected, nil
@@ -660,6 +658,23 @@ var (
 )
 
 func retryConflict(err error) bool { return errors.Is(err, pgcc.ErrConflict) }
+
+// autocommitFailed types the error of a write sent by itself, outside a transaction, that failed on its
+// connection: a [*pgcc.CommitUnknownError] when it may have been applied (sent, and no answer came), a
+// [*pgcc.ConnectionLostError] when the connection could not even be made (nothing was sent). Inside a
+// transaction the error is the transaction owner's to judge, and any other error is returned as it is.
+func autocommitFailed(db pgcc.DBTX, err error) error {
+	if _, inTx := db.(pgx.Tx); inTx {
+		return err
+	}
+	switch pgfail.Classify(err, pgfail.Commit) {
+	case pgfail.Unknown:
+		return &pgcc.CommitUnknownError{Attempts: 1, Err: err}
+	case pgfail.Aborted:
+		return &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !pgfail.Reconnects(db), Err: err}
+	}
+	return err
+}
 
 // connectionLost types a connection failure of one of Modify's statements outside a transaction as a
 // [*pgcc.ConnectionLostError], so that the caller matches [pgcc.ErrConnectionLost] whether the failure ended

@@ -33,11 +33,12 @@
 // the decision.
 //
 // On a pool, a transaction whose connection failed before COMMIT was sent (a terminated backend, a reset,
-// SQLSTATE class 08 or 57P01-57P03, a server restarting and refusing connections, a server that has become
-// read-only) certainly did not commit, and is retried on a fresh connection under the same policy. On a
-// single connection, which cannot be replaced, it is a [*pgcc.ConnectionLostError]. The defaults absorb an
-// outage of about 1.1 s; [UnlimitedAttempts] with a context deadline waits longer. Everything else, fn's own
-// errors included, is returned at once and unchanged.
+// SQLSTATE class 08 or 57P01-57P03, a server restarting and refusing connections, a server out of connection
+// slots refusing one with 53300, a server that has become read-only) certainly did not commit, and is
+// retried on a fresh connection under the same policy. On a single connection, which cannot be replaced, it
+// is a [*pgcc.ConnectionLostError]. The defaults absorb an outage of about 1.1 s; [UnlimitedAttempts] with a
+// context deadline waits longer. Everything else, fn's own errors included, is returned at once and
+// unchanged.
 //
 // Only the outermost transaction retries: a conflict aborts the whole transaction, so a savepoint cannot
 // recover from it. A nested Run given options that shape a transaction refuses them, and [Outermost] asserts

@@ -701,3 +701,58 @@ func TestLostCommitLookUpTakesAnIdleConnection(t *testing.T) {
 	}
 	t.Logf("Run returned after %v", took)
 }
+
+// TestConnectionSlotsFullIsRetried: a server whose connection slots are all taken refuses a new connection
+// with FATAL 53300 (too_many_connections; here the role's CONNECTION LIMIT, one connection, held by another
+// session). Nothing was sent: Run waits with its backoff and commits once the slot frees. When none frees, the
+// attempts run out with ErrConnectionLost, the 53300 reachable through it, and fn never ran.
+func TestConnectionSlotsFullIsRetried(t *testing.T) {
+	t.Parallel()
+	db, _ := setup(t, 1)
+	limited := &pgtest.DB{Name: db.Name, DSN: db.LimitedRole(t, 1)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	holder, err := pgx.Connect(ctx, limited.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(context.WithoutCancel(ctx))
+	pool := limited.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
+
+	// No slot frees: three attempts, each refused.
+	calls := 0
+	err = txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error { calls++; return increment(ctx, tx) },
+		fastRetry, txn.WithMaxAttempts(3))
+	var exhausted *pgcc.RetriesExhaustedError
+	if !errors.As(err, &exhausted) || exhausted.Attempts != 3 || !errors.Is(err, pgcc.ErrConnectionLost) ||
+		pgcc.SQLState(err) != pgerrcode.TooManyConnections || calls != 0 {
+		t.Fatalf("err = %v after %d calls of fn; want RetriesExhausted after 3 attempts, matching ErrConnectionLost, with the 53300, and no call", err, calls)
+	}
+
+	// The slot frees during the retries: Run commits, once.
+	var retried []error
+	// The backend of the closed session ends a moment later: the attempts are left to ctx.
+	err = txn.Run(ctx, pool, increment, fastRetry, txn.WithMaxAttempts(txn.UnlimitedAttempts),
+		txn.OnRetry(func(n int, err error, _ time.Duration) {
+			retried = append(retried, err)
+			if n == 2 {
+				if err := holder.Close(ctx); err != nil {
+					t.Error(err)
+				}
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(retried) < 2 {
+		t.Errorf("%d retries, want at least 2 (the slot was freed during the second sleep)", len(retried))
+	}
+	for _, err := range retried {
+		if !errors.Is(err, pgcc.ErrConnectionLost) {
+			t.Errorf("retried %v, want ErrConnectionLost", err)
+		}
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101", b)
+	}
+}

@@ -55,14 +55,16 @@ const (
 // Classify says what err, raised at phase, means. At [BeforeCommit] a connection failure
 // ([ConnectionFailed]) is [Aborted]; at [Commit] it is [Unknown], and so is an interruption by the context
 // once the statement may have been sent, and SQLSTATE 40003 (statement_completion_unknown, CockroachDB's
-// ambiguous commit). An ERROR reported by the server is always [Plain]: it is the answer. For COMMIT the
+// ambiguous commit). A failure to connect (*pgconn.ConnectError) is never [Unknown], whatever the phase:
+// nothing of the statement was written, so it is [Aborted] or, when trying again cannot help (a refused
+// password, a missing database), [Plain]. An ERROR reported by the server is always [Plain]: it is the answer. For COMMIT the
 // caller must first rule out the provable "not sent" case itself: a connection already closed before COMMIT
 // was attempted is [BeforeCommit], since nothing of COMMIT could be written.
 func Classify(err error, phase Phase) Class {
 	if err == nil {
 		return Plain
 	}
-	if phase == BeforeCommit {
+	if phase == BeforeCommit || connecting(err) {
 		if ConnectionFailed(err) {
 			return Aborted
 		}
@@ -72,6 +74,14 @@ func Classify(err error, phase Phase) Class {
 		return Unknown
 	}
 	return Plain
+}
+
+// connecting reports a failure to open a connection (*pgconn.ConnectError): pgx returns it from connecting
+// only, before anything of a statement was written, whatever the phase of the work that needed the connection
+// (a pool opening one for an autocommitted write, say).
+func connecting(err error) bool {
+	var connectErr *pgconn.ConnectError
+	return errors.As(err, &connectErr)
 }
 
 func commitUnknown(err error) bool {
@@ -98,16 +108,18 @@ func commitUnknown(err error) bool {
 // (crash_shutdown), 57P03 (cannot_connect_now: the server is starting up or shutting down), a failure to
 // connect (*pgconn.ConnectError) that carries no other SQLSTATE (connection refused, a reset during the
 // handshake, a connect timeout), an I/O error (EOF, a reset, a broken pipe, any net.Error), or pgx's "conn
-// closed". A context's cancellation or deadline is not a connection failure, even though pgx closes the
-// connection to interrupt a statement. An authentication failure or a missing database (a ConnectError
-// carrying SQLSTATE 28P01 or 3D000) is not one either: trying again cannot help.
+// closed". So is 53300 (too_many_connections) refusing a new connection (a ConnectError carrying it): every
+// connection slot of the server, the database or the role was taken, nothing was sent, and a slot frees as soon as
+// another session ends. A context's cancellation or deadline is not a connection failure, even though pgx
+// closes the connection to interrupt a statement. An authentication failure or a missing database (a
+// ConnectError carrying SQLSTATE 28P01 or 3D000) is not one either: trying again cannot help.
 func ConnectionFailed(err error) bool {
 	if err == nil {
 		return false
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		return connectionCode(pgErr.Code)
+		return connectionCode(pgErr.Code) || pgErr.Code == pgerrcode.TooManyConnections && connecting(err)
 	}
 	var connectErr *pgconn.ConnectError
 	if errors.As(err, &connectErr) {

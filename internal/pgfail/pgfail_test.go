@@ -72,8 +72,11 @@ func TestClassifyRealErrors(t *testing.T) {
 	if !errors.As(refused, &connectErr) {
 		t.Fatalf("connect to a closed port: %v, want a *pgconn.ConnectError", refused)
 	}
-	if got := pgfail.Classify(refused, pgfail.BeforeCommit); got != pgfail.Aborted {
-		t.Errorf("connection refused: %v, want aborted", got)
+	// At either phase: a pool opening a connection for an autocommitted write sent nothing of it.
+	for _, phase := range []pgfail.Phase{pgfail.BeforeCommit, pgfail.Commit} {
+		if got := pgfail.Classify(refused, phase); got != pgfail.Aborted {
+			t.Errorf("connection refused at phase %d: %v, want aborted", phase, got)
+		}
 	}
 
 	// A database that does not exist: FATAL 3D000 inside the ConnectError. Trying again cannot help.
@@ -86,6 +89,29 @@ func TestClassifyRealErrors(t *testing.T) {
 	_, missing := pgx.ConnectConfig(ctx, cfg)
 	if missing == nil || pgfail.ConnectionFailed(missing) {
 		t.Errorf("a missing database is a connection failure: %v", missing)
+	}
+	if got := pgfail.Classify(missing, pgfail.Commit); got != pgfail.Plain {
+		t.Errorf("a missing database for an autocommitted write: %v, want plain (its FATAL came while connecting)", got)
+	}
+
+	// Every connection slot taken (the role's limit is 0): FATAL 53300 inside the ConnectError. Nothing was
+	// sent, and a slot frees when another session ends: a connection failure, aborted at either phase.
+	_, tooMany := pgx.Connect(ctx, db.LimitedRole(t, 0))
+	var pgErr *pgconn.PgError
+	if !errors.As(tooMany, &pgErr) || pgErr.Code != pgerrcode.TooManyConnections || !errors.As(tooMany, &connectErr) {
+		t.Fatalf("connect past the role's limit: %v, want a ConnectError carrying 53300", tooMany)
+	}
+	if !pgfail.ConnectionFailed(tooMany) {
+		t.Errorf("53300 while connecting is not a connection failure: %v", tooMany)
+	}
+	for _, phase := range []pgfail.Phase{pgfail.BeforeCommit, pgfail.Commit} {
+		if got := pgfail.Classify(tooMany, phase); got != pgfail.Aborted {
+			t.Errorf("53300 while connecting, phase %d: %v, want aborted", phase, got)
+		}
+	}
+	// The same SQLSTATE outside a connect (no server sends it then) is not taken for one.
+	if pgfail.ConnectionFailed(pgErr) {
+		t.Errorf("a bare 53300 is a connection failure")
 	}
 
 	// A context that ended before the statement was written: pgx proves nothing was sent.

@@ -37,6 +37,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -254,9 +255,27 @@ func dropDatabase(ctx context.Context, admin *pgxpool.Pool, name string) error {
 }
 
 // Sweep drops every harness database whose name carries run (every run when run is empty) and that is older
-// than minAge, and returns the names it dropped.
+// than minAge, and the roles of [DB.LimitedRole] left behind by such databases, and returns the names it
+// dropped.
 func Sweep(ctx context.Context, admin *pgxpool.Pool, run string, minAge time.Duration) ([]string, error) {
-	return testdb.Sweep(ctx, admin, Prefix, run, minAge)
+	dropped, err := testdb.Sweep(ctx, admin, Prefix, run, minAge)
+	roles, rolesErr := sweepRoles(ctx, admin, run, minAge)
+	return append(dropped, roles...), errors.Join(err, rolesErr)
+}
+
+// sweepRoles drops the roles of LimitedRole whose database is gone (a test killed before its clean-up), that
+// carry run (any when empty) and are older than minAge.
+func sweepRoles(ctx context.Context, admin *pgxpool.Pool, run string, minAge time.Duration) ([]string, error) {
+	return testdb.SweepNamed(ctx, admin, `SELECT rolname FROM pg_roles r
+		WHERE starts_with(rolname, $1) AND right(rolname, length($2)) = $2
+		AND NOT EXISTS (SELECT FROM pg_database WHERE datname = left(r.rolname, -length($2)))`, []any{Prefix, roleSuffix},
+		func(name string) (time.Time, string, bool) {
+			return testdb.ParseName(Prefix, strings.TrimSuffix(name, roleSuffix))
+		}, run, minAge,
+		func(ctx context.Context, name string) error {
+			_, err := admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{name}.Sanitize())
+			return err
+		})
 }
 
 // parseName reads the creation time and run out of a harness database name.

@@ -5,9 +5,14 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // envWatchdogChild marks the child test binary TestWatchdogFires starts: it runs one hanging test, without the
@@ -59,6 +64,47 @@ func TestDatabaseDroppedAfterTest(t *testing.T) {
 	}
 	if exists {
 		t.Fatalf("database %s still exists after its test ended", name)
+	}
+}
+
+// TestLimitedRole: the role connects, is refused past its limit with 53300, is dropped with its test, and a
+// leftover one (its test killed) is swept once its database is gone.
+func TestLimitedRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := get(t)
+	var role string
+	t.Run("inner", func(t *testing.T) {
+		db := NewDB(t)
+		dsn := db.LimitedRole(t, 1)
+		first, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer first.Close(ctx)
+		if err := first.QueryRow(ctx, "SELECT current_user").Scan(&role); err != nil || role != db.Name+roleSuffix {
+			t.Fatalf("connected as %q (%v), want %s", role, err, db.Name+roleSuffix)
+		}
+		_, err = pgx.Connect(ctx, dsn)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.TooManyConnections {
+			t.Fatalf("second connection: %v, want 53300", err)
+		}
+	})
+	var exists bool
+	if err := h.admin.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil || exists {
+		t.Fatalf("role %s still exists after its test (%v)", role, err)
+	}
+
+	// A leftover: a role named after a database that is gone, of a run of its own.
+	run := "sweep" + strconv.Itoa(os.Getpid())
+	leftover := Prefix + "1000000000_" + run + "_1_1" + roleSuffix
+	if _, err := h.admin.Exec(ctx, "CREATE ROLE "+pgx.Identifier{leftover}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := Sweep(ctx, h.admin, run, 0)
+	if err != nil || len(dropped) != 1 || dropped[0] != leftover {
+		t.Fatalf("swept %v (%v), want [%s]", dropped, err, leftover)
 	}
 }
 

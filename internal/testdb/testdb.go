@@ -98,7 +98,18 @@ func Drop(ctx context.Context, admin *pgxpool.Pool, name string) error {
 // Sweep drops every database named with prefix whose name carries run (every run when run is empty) and that
 // is older than minAge, and returns the names it dropped.
 func Sweep(ctx context.Context, admin *pgxpool.Pool, prefix, run string, minAge time.Duration) ([]string, error) {
-	rows, err := admin.Query(ctx, "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", prefix)
+	return SweepNamed(ctx, admin, "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", []any{prefix},
+		func(name string) (created time.Time, nameRun string, ok bool) { return ParseName(prefix, name) },
+		run, minAge, func(ctx context.Context, name string) error { return Drop(ctx, admin, name) })
+}
+
+// SweepNamed runs query (with args) for the names of things a harness created, and drops, with drop, each one
+// whose name parse reads as carrying run (every run when run is empty) and older than minAge. It returns the
+// names it dropped and every failure to drop one.
+func SweepNamed(ctx context.Context, admin *pgxpool.Pool, query string, args []any,
+	parse func(name string) (created time.Time, run string, ok bool), run string, minAge time.Duration,
+	drop func(ctx context.Context, name string) error) ([]string, error) {
+	rows, err := admin.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -109,11 +120,11 @@ func Sweep(ctx context.Context, admin *pgxpool.Pool, prefix, run string, minAge 
 	var dropped []string
 	var errs []error
 	for _, name := range names {
-		created, nameRun, ok := ParseName(prefix, name)
+		created, nameRun, ok := parse(name)
 		if !ok || (run != "" && nameRun != run) || time.Since(created) < minAge {
 			continue
 		}
-		if err := Drop(ctx, admin, name); err != nil {
+		if err := drop(ctx, name); err != nil {
 			errs = append(errs, fmt.Errorf("drop %s: %w", name, err))
 			continue
 		}

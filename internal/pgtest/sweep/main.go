@@ -41,7 +41,7 @@ func main() {
 	}
 	dropped, err := pgtest.Sweep(ctx, pool, *run, minAge)
 	for _, name := range dropped {
-		fmt.Printf("sweep: dropped leftover database %s\n", name)
+		fmt.Printf("sweep: dropped leftover %s\n", name) // a database, or a role named after one
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sweep: %v\n", err)
