@@ -68,6 +68,7 @@ func TestBackendKills(t *testing.T) {
 			admin := db.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
 			c := cell{p: p, s: s, pool: workerPool(t, db, p), check: func(*testing.T) *pgxpool.Pool { return admin },
 				timeout: 5 * time.Second, keyedTimeout: keyedTimeout}
+			c.serverPort = int(admin.Config().ConnConfig.Port)
 			c.inject = func(ctx context.Context, rec *recorder) {
 				for sleep(ctx, time.Duration(50+rand.IntN(100))*time.Millisecond) {
 					var n int
@@ -104,6 +105,7 @@ func TestNetworkFaults(t *testing.T) {
 			check := direct.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
 			c := cell{p: p, s: s, pool: workerPool(t, proxied, p), check: func(*testing.T) *pgxpool.Pool { return check },
 				timeout: time.Second, keyedTimeout: keyedTimeout}
+			c.serverPort = int(check.Config().ConnConfig.Port)
 			c.inject = func(ctx context.Context, rec *recorder) {
 				lose := proxy.OnQuery(faultnet.IsCommit, faultnet.LoseReply, faultnet.Always(), faultnet.Probability(0.03))
 				hold := proxy.OnQuery(faultnet.IsCommit, faultnet.HangAfter, faultnet.Always(), faultnet.Probability(0.005))
@@ -205,6 +207,7 @@ func TestCrashRestart(t *testing.T) {
 			migrate(t, db)
 			newBank(t, db, p)
 			c := cell{p: p, s: s, pool: workerPool(t, db, p), timeout: keyedTimeout}
+			c.serverPort = inst.Port()
 			c.check = func(t *testing.T) *pgxpool.Pool { return db.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 }) }
 			c.inject = func(ctx context.Context, rec *recorder) {
 				if !rec.waitFor(ctx, p, 1.0/3) || !sleep(ctx, time.Duration(i)*37*time.Millisecond) {

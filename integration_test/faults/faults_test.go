@@ -342,6 +342,8 @@ type cell struct {
 	keyedTimeout time.Duration
 	// inject runs the fault, on the test's goroutine, until ctx ends; it counts what it did with rec.fault.
 	inject func(ctx context.Context, rec *recorder)
+	// serverPort is the port the PostgreSQL server listens on, whose accept queue the cell watches.
+	serverPort int
 }
 
 // totals is the summary of a cell, for the figures in docs/reliability.md.
@@ -364,7 +366,7 @@ func (c cell) run(t *testing.T) *recorder {
 	// The machine is shared and the tests run with the race detector: a stall of the whole process makes a
 	// call late through no fault of pgcc's. lag measures the stalls, so that they are told apart.
 	stopLag := measureStalls()
-	rec.overflows = watchOverflows()
+	rec.overflows = watchOverflows(c.serverPort)
 
 	var wg sync.WaitGroup
 	var readerChecks, readerViolations atomic.Int64
@@ -566,8 +568,8 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 				tot.keyedUnknown++
 				// Still a violation; the count says whether the server was refusing new connections meanwhile.
 				dropped := ""
-				if n, ok := rec.overflows.during(o.start, o.start.Add(o.elapsed)); ok {
-					dropped = fmt.Sprintf(" (during the call the kernel dropped %d connection attempts from full accept queues)", n)
+				if n, queue, ok := rec.overflows.during(o.start, o.start.Add(o.elapsed)); ok {
+					dropped = fmt.Sprintf(" (during the call the server's accept queue held up to %d connections and the kernel dropped %d connection attempts from full accept queues)", queue, n)
 				}
 				violate("%s carried an idempotency key yet was reported commit-unknown%s: %v", o.tr.op, dropped, o.err)
 			}
@@ -583,8 +585,8 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 	}
 	tot.counterOK, tot.counterUnknown = int(counterOK), int(counterUnknown)
 	overflows := "not counted"
-	if n, ok := rec.overflows.total(); ok {
-		overflows = strconv.FormatInt(n, 10)
+	if n, queue, ok := rec.overflows.total(); ok {
+		overflows = fmt.Sprintf("%d (the server's accept queue up to %d)", n, queue)
 	}
 	t.Logf("%s: %d transfers in %v (%.0f/s): %d applied, %d failed, %d commit-unknown (%d with a key); counter %d applied, %d unknown; "+
 		"max overrun past deadline %v (process stall %v); listen overflows %s; faults %v; outcomes %s",

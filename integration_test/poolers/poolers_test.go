@@ -811,7 +811,7 @@ func testLostCommitLookUp(t *testing.T, e *env) {
 	counter(t, e)
 	ctx := caseCtx(t)
 	pc := e.pool.Config()
-	proxy := faultnet.Start(t, fmt.Sprintf("%s:%d", pc.ConnConfig.Host, pc.ConnConfig.Port))
+	proxy := faultnet.Start(t, net.JoinHostPort(pc.ConnConfig.Host, strconv.Itoa(int(pc.ConnConfig.Port))))
 	host, port, err := net.SplitHostPort(proxy.Addr())
 	if err != nil {
 		t.Fatal(err)
