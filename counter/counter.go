@@ -136,16 +136,7 @@ func (c *Counter) Add(ctx context.Context, db pgcc.DBTX, name string, delta int6
 		return err
 	}
 	if _, err := db.Exec(ctx, c.add, name, rand.IntN(c.slots), delta); err != nil {
-		err = fmt.Errorf("pgcc: add to counter %q in %s: %w", name, c.table, err)
-		if _, inTx := db.(pgx.Tx); !inTx {
-			switch pgfail.Classify(err, pgfail.Commit) {
-			case pgfail.Unknown:
-				err = &pgcc.CommitUnknownError{Attempts: 1, Err: err}
-			case pgfail.Aborted: // the connection could not be made: nothing was sent
-				err = &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !pgfail.Reconnects(db), Err: err}
-			}
-		}
-		return err
+		return pgfail.Autocommit(db, fmt.Errorf("pgcc: add to counter %q in %s: %w", name, c.table, err))
 	}
 	return nil
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgcc/pgcc"
 	"github.com/pgcc/pgcc/internal/lockwait"
@@ -521,22 +520,7 @@ func wrap(err error) error {
 // failure to connect is a *pgcc.ConnectionLostError (nothing was sent), any other connection failure a
 // *pgcc.CommitUnknownError (it may have been applied). Errors of statements inside the caller's transaction
 // are left to whoever runs the transaction.
-func (ls *Leases) lost(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, inTx := ls.db.(pgx.Tx); inTx {
-		return err
-	}
-	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) && pgfail.ConnectionFailed(err) {
-		return &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !pgfail.Reconnects(ls.db), Err: err}
-	}
-	if pgfail.Classify(err, pgfail.Commit) == pgfail.Unknown {
-		return &pgcc.CommitUnknownError{Attempts: 1, Err: err}
-	}
-	return err
-}
+func (ls *Leases) lost(err error) error { return pgfail.Autocommit(ls.db, err) }
 
 // HeldError is returned by [Leases.TryAcquire] when another holder has the lease.
 type HeldError struct {

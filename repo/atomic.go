@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/pgfail"
 )
 
 // Guard is a condition an atomic [Table.Add] checks on the value it would leave in its column, in the same
@@ -138,7 +139,7 @@ func (t *Table[T]) Add(ctx context.Context, db pgcc.DBTX, key pgcc.Key, column s
 	}
 	var zero T
 	if !errors.Is(err, pgx.ErrNoRows) {
-		return zero, autocommitFailed(db, fmt.Errorf("pgcc: add to %s of %s %s: %w", column, t.quoted, pgcc.FormatKey(t.keyCols, key), err))
+		return zero, pgfail.Autocommit(db, fmt.Errorf("pgcc: add to %s of %s %s: %w", column, t.quoted, pgcc.FormatKey(t.keyCols, key), err))
 	}
 	notFound := &pgcc.NotFoundError{Table: t.quoted, KeyColumns: t.KeyColumns(), Key: slices.Clone(key)}
 	if len(guards) == 0 {

@@ -322,7 +322,7 @@ func (t *Table[T]) send(ctx context.Context, db pgcc.DBTX, row *T, op, sql strin
 		written = err == nil && tag.RowsAffected() > 0
 	}
 	if err != nil {
-		err = autocommitFailed(db, fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err))
+		err = pgfail.Autocommit(db, fmt.Errorf("pgcc: %s %s %s: %w", op, t.quoted, pgcc.FormatKey(t.keyCols, t.keyValues(v)), err))
 		return false, expected, err
 	}
 	return written, expected, nil
@@ -658,23 +658,6 @@ var (
 )
 
 func retryConflict(err error) bool { return errors.Is(err, pgcc.ErrConflict) }
-
-// autocommitFailed types the error of a write sent by itself, outside a transaction, that failed on its
-// connection: a [*pgcc.CommitUnknownError] when it may have been applied (sent, and no answer came), a
-// [*pgcc.ConnectionLostError] when the connection could not even be made (nothing was sent). Inside a
-// transaction the error is the transaction owner's to judge, and any other error is returned as it is.
-func autocommitFailed(db pgcc.DBTX, err error) error {
-	if _, inTx := db.(pgx.Tx); inTx {
-		return err
-	}
-	switch pgfail.Classify(err, pgfail.Commit) {
-	case pgfail.Unknown:
-		return &pgcc.CommitUnknownError{Attempts: 1, Err: err}
-	case pgfail.Aborted:
-		return &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !pgfail.Reconnects(db), Err: err}
-	}
-	return err
-}
 
 // connectionLost types a connection failure of one of Modify's statements outside a transaction as a
 // [*pgcc.ConnectionLostError], so that the caller matches [pgcc.ErrConnectionLost] whether the failure ended

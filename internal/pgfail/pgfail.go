@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgcc/pgcc"
 )
 
 // Class is what a failure means for the work it interrupted.
@@ -160,6 +162,25 @@ func Reconnects(db any) bool {
 		Acquire(ctx context.Context) (*pgxpool.Conn, error)
 	})
 	return ok
+}
+
+// Autocommit types the error of a statement that db ran by itself, outside a transaction, and that commits as
+// it completes (an INSERT, UPDATE or DELETE on a pool or connection): a [*pgcc.CommitUnknownError] when it was
+// or may have been sent and got no answer ([Unknown] at [Commit]: it may have been applied), a
+// [*pgcc.ConnectionLostError] when its connection could not be made ([Aborted]: nothing was sent, it may be
+// sent again). Inside a transaction (db a pgx.Tx) the error is the transaction owner's to judge, and any other
+// error is returned as it is.
+func Autocommit(db any, err error) error {
+	if _, inTx := db.(pgx.Tx); inTx || err == nil {
+		return err
+	}
+	switch Classify(err, Commit) {
+	case Unknown:
+		return &pgcc.CommitUnknownError{Attempts: 1, Err: err}
+	case Aborted:
+		return &pgcc.ConnectionLostError{Attempts: 1, SingleConnection: !Reconnects(db), Err: err}
+	}
+	return err
 }
 
 // connectionCode reports the SQLSTATEs that mean the connection, not the statement, failed.
