@@ -285,18 +285,9 @@ func TestLostCommitLookUpReconnects(t *testing.T) {
 // attempts, and Run reports ErrCommitUnknown, naming the key, instead of trying forever.
 func TestLostCommitLookUpGivesUpWithoutDeadline(t *testing.T) {
 	t.Parallel()
-	closed := closedPort(t)
 	var down atomic.Bool
 	var tried atomic.Int32
-	db, proxy, _, pool := proxied(t, func(c *pgxpool.Config) {
-		c.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
-			if down.Load() {
-				tried.Add(1)
-				cc.Host, cc.Port = "127.0.0.1", closed
-			}
-			return nil
-		}
-	})
+	db, proxy, pool := refusingWhile(t, &down, &tried)
 	proxy.LoseReply(1, pgfailtest.IsCommit)
 	done := make(chan error, 1)
 	go func() {
@@ -316,9 +307,9 @@ func TestLostCommitLookUpGivesUpWithoutDeadline(t *testing.T) {
 	if !errors.As(err, &unknown) || !strings.Contains(err.Error(), `"server gone"`) {
 		t.Fatalf("Run = %v, want a CommitUnknownError naming the key", err)
 	}
-	// 3 probes, each 3 ways of at most 3 tries.
-	if n := tried.Load(); n < 3 || n > 27 {
-		t.Errorf("%d connections tried, want between 3 and 27", n)
+	// 3 probes, each two ways of at most 3 tries and a second connection of its own tried once.
+	if n := tried.Load(); n < 3 || n > 21 {
+		t.Errorf("%d connections tried, want between 3 and 21", n)
 	}
 	if b := balance(t, db); b != 101 {
 		t.Errorf("balance %d, want 101: the COMMIT whose reply was lost committed", b)
@@ -327,6 +318,64 @@ func TestLostCommitLookUpGivesUpWithoutDeadline(t *testing.T) {
 		t.Errorf("%d connections left acquired", n)
 	}
 	t.Logf("gave up after %d connections tried", tried.Load())
+}
+
+// TestLostCommitLookUpPacesItsReconnects: the reply is lost and every connection is refused for the next 4 s
+// (a server restarting), under a 20 s deadline and no bound on attempts. The look-up waits the outage out and
+// settles the outcome, and it does not hammer the server meanwhile: its pauses grow to about a second, and the
+// second connection of its own is tried once. Counted: at most 29 connections in 4 s (two ways of at most 14
+// tries each, the shortest pauses 5, 10, 20 … 320 ms then 500 ms, and the hedge); the look-up that retried every
+// 200 ms on three ways made about 70.
+func TestLostCommitLookUpPacesItsReconnects(t *testing.T) {
+	t.Parallel()
+	const outage = 4 * time.Second
+	var down atomic.Bool
+	var tried atomic.Int32
+	db, proxy, pool := refusingWhile(t, &down, &tried)
+	proxy.LoseReply(1, pgfailtest.IsCommit)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	calls := 0
+	err := txn.Run(ctx, pool, func(ctx context.Context, tx pgx.Tx) error {
+		if calls++; calls == 1 {
+			down.Store(true)
+			time.AfterFunc(outage, func() { down.Store(false) })
+		}
+		return increment(ctx, tx)
+	}, txn.WithIdempotencyKey("paced"), txn.WithMaxAttempts(txn.UnlimitedAttempts), fastRetry)
+	if err != nil {
+		t.Fatalf("Run = %v, want nil: the look-up should outlast a %v outage", err, outage)
+	}
+	if calls != 1 {
+		t.Errorf("%d calls, want 1", calls)
+	}
+	if n := tried.Load(); n < 2 || n > 29 {
+		t.Errorf("%d connections tried during the %v outage, want between 2 and 29", n, outage)
+	}
+	if b := balance(t, db); b != 101 {
+		t.Errorf("balance %d, want 101", b)
+	}
+	if n := testdb.AwaitReleased(pool, testdb.LeakGrace); n != 0 {
+		t.Errorf("%d connections left acquired", n)
+	}
+	t.Logf("%d connections tried during the outage", tried.Load())
+}
+
+// refusingWhile is proxied with a pool whose connections, while down is set, are refused (sent to a closed
+// port), each counted in tried.
+func refusingWhile(t *testing.T, down *atomic.Bool, tried *atomic.Int32) (*pgtest.DB, *pgfailtest.Proxy, *pgxpool.Pool) {
+	t.Helper()
+	closed := closedPort(t)
+	db, proxy, _, pool := proxied(t, func(c *pgxpool.Config) {
+		c.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
+			if down.Load() {
+				tried.Add(1)
+				cc.Host, cc.Port = "127.0.0.1", closed
+			}
+			return nil
+		}
+	})
+	return db, proxy, pool
 }
 
 // closedPort returns a loopback port nothing listens on: a connection to it is refused.

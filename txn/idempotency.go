@@ -227,7 +227,7 @@ type gotConn struct {
 }
 
 // reconnectCap bounds the pause between two tries of one of raceConn's ways to a connection.
-const reconnectCap = 200 * time.Millisecond
+const reconnectCap = time.Second
 
 // firstConnectLimit bounds the first try of each of raceConn's own connections, and each later try gets twice
 // the previous one's, up to maxConnectLimit: a handshake the network stopped would otherwise hold its way until
@@ -237,23 +237,28 @@ const (
 	maxConnectLimit   = 8 * time.Second
 )
 
-// hedgeAfter is how long raceConn's first connection of its own may take before it starts a second beside it.
+// hedgeAfter is how long raceConn's first connection of its own may take before it starts a second beside it,
+// once.
 const hedgeAfter = 300 * time.Millisecond
 
-// raceConn gets a connection three ways at once and returns the first it gets: opening one with cfg, opening
-// a second one with cfg if nothing has come after hedgeAfter, and acquiring one from pool. The returned
-// function gives the connection back and waits for the other ways to stop, giving back what they got. It
-// fails only when all three fail.
+// raceConn gets a connection three ways at once and returns the first it gets: opening one with cfg,
+// acquiring one from pool, and, once, opening a second one with cfg if nothing has come after hedgeAfter (a
+// handshake the network lost holds the first until its limit). The returned function gives the connection
+// back and waits for the other ways to stop, giving back what they got. It fails only when all three fail.
 //
-// Each way tries again, after a pause doubling from 10 ms to reconnectCap, for as long as it fails as a
-// connection does (refused, reset during the handshake, the server starting up; for the pool, a connection it
-// failed to open) and no other way has succeeded; a try of an own connection also ends after
-// firstConnectLimit (then twice that, up to maxConnectLimit). The network or the server that lost COMMIT's answer is
-// often failing still: measured under network faults on a loaded machine, a new connection took 1–3 s to
-// open and a reset of every connection came every 0.8 s on average, so that one connection opened at a time
-// failed 23 times in a row over 30 s, while the pool's, which the other callers keep reopening, were getting
-// through. Any other failure (a refused password, a missing database) ends its way, and so does its tries'th
-// failure: without a deadline, a server that stays down must not keep the look-up trying forever.
+// The first two ways try again for as long as they fail as a connection does (refused, reset during the
+// handshake, the server starting up; for the pool, a connection it failed to open) and no other way has
+// succeeded, pausing between tries (see retryWay); a try of an own connection also ends after
+// firstConnectLimit (then twice that, up to maxConnectLimit). The network or the server that lost COMMIT's
+// answer is often failing still: measured under network faults on a loaded machine, a new connection took
+// 1–3 s to open and a reset of every connection came every 0.8 s on average, so that one connection opened
+// at a time failed 23 times in a row over 30 s, while the pool's, which the other callers keep reopening, were
+// getting through. The pauses grow because the look-up must not feed the failure it waits out: when the
+// server's accept queue is full, every connection attempt, even one its client has given up, costs the
+// server a backend's start; look-ups that retried every 200 ms on three ways were measured making a fifth of
+// such a storm's attempts, in step, and pacing them emptied the queue's overflow (docs/reliability.md). Any
+// other failure (a refused password, a missing database) ends its way, and so does its tries'th failure:
+// without a deadline, a server that stays down must not keep the look-up trying forever.
 func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, before func(context.Context, *pgx.ConnConfig) error,
 	after func(context.Context, *pgx.Conn) error, tries int) (*pgx.Conn, func(), error) {
 	const ways = 3
@@ -280,7 +285,7 @@ func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, befo
 		return gotConn{conn: c.Conn(), release: c.Release}, nil
 	}
 	go func() { results <- retryWay(rctx, 0, tries, own()) }()
-	go func() { results <- retryWay(rctx, hedgeAfter, tries, own()) }()
+	go func() { results <- retryWay(rctx, hedgeAfter, 1, own()) }()
 	go func() { results <- retryWay(rctx, 0, tries, pooled) }()
 	var errs []error
 	for range ways {
@@ -305,21 +310,24 @@ func raceConn(ctx context.Context, pool *pgxpool.Pool, cfg *pgx.ConnConfig, befo
 }
 
 // retryWay runs try, after waiting delay, until it succeeds, fails other than as a connection does, has
-// failed tries times, or ctx ends; between two tries it pauses 10 ms, doubling up to reconnectCap.
+// failed tries times, or ctx ends. Between two tries it pauses a random duration between half and all of a
+// bound that starts at 10 ms and doubles up to reconnectCap: quick while a blip passes, then no more than a
+// try a second or so, and look-ups that failed together do not try again together.
 func retryWay(ctx context.Context, delay time.Duration, tries int, try func() (gotConn, error)) gotConn {
 	if err := sleep(ctx, delay); err != nil {
 		return gotConn{err: err}
 	}
-	pause := 10 * time.Millisecond
+	bound := 10 * time.Millisecond
 	for n := 1; ; n++ {
 		got, err := try()
 		if err == nil {
 			return got
 		}
+		pause := bound/2 + time.Duration(rand.Int64N(int64(bound/2)+1))
 		if n >= tries || ctx.Err() != nil || !pgfail.ConnectionFailed(err) || sleep(ctx, pause) != nil {
 			return gotConn{err: err}
 		}
-		pause = min(2*pause, reconnectCap)
+		bound = min(2*bound, reconnectCap)
 	}
 }
 

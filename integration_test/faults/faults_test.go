@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -317,6 +318,36 @@ func (r *recorder) add(o outcome) {
 	}
 }
 
+// throughput says when the cell's operations (transfers, the counter's increments, the reader's checks)
+// succeeded while [from, to] lasted, as bursts relative to from (a gap of a second or more starts a new one):
+// whether any connection to the server was getting through while a call could not get one for its look-up.
+func (r *recorder) throughput(from, to time.Time) string {
+	r.mu.Lock()
+	var ends []time.Duration
+	for _, o := range r.outcomes {
+		if end := o.start.Add(o.elapsed); o.err == nil && end.After(from) && end.Before(to) {
+			ends = append(ends, end.Sub(from))
+		}
+	}
+	r.mu.Unlock()
+	if len(ends) == 0 {
+		return "none of the cell's operations succeeded during the call"
+	}
+	slices.Sort(ends)
+	var bursts []string
+	first, n := ends[0], 0
+	for i, e := range ends {
+		n++
+		if i == len(ends)-1 || ends[i+1]-e >= time.Second {
+			bursts = append(bursts, fmt.Sprintf("%d at +%.1f–%.1fs", n, first.Seconds(), e.Seconds()))
+			if i < len(ends)-1 {
+				first, n = ends[i+1], 0
+			}
+		}
+	}
+	return fmt.Sprintf("the cell's operations succeeded during the call: %s", strings.Join(bursts, ", "))
+}
+
 func (r *recorder) fault(name string, n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -571,7 +602,8 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 				if n, queue, ok := rec.overflows.during(o.start, o.start.Add(o.elapsed)); ok {
 					dropped = fmt.Sprintf(" (during the call the server's accept queue held up to %d connections and the kernel dropped %d connection attempts from full accept queues)", queue, n)
 				}
-				violate("%s carried an idempotency key yet was reported commit-unknown%s: %v", o.tr.op, dropped, o.err)
+				violate("%s carried an idempotency key yet was reported commit-unknown%s; %s: %v", o.tr.op, dropped,
+					rec.throughput(o.start, o.start.Add(o.elapsed)), o.err)
 			}
 		}
 	}
