@@ -118,7 +118,9 @@ func TestNetworkFaults(t *testing.T) {
 					rec.fault("COMMIT replies lost", lose.Fired())
 					rec.fault("COMMIT replies held", hold.Fired())
 					rec.fault("statements reset instead of sent", reset.Fired())
-					rec.fault("connections opened through the proxy", int(proxy.Stats().Connections))
+					stats := proxy.Stats()
+					rec.fault("connections opened through the proxy", int(stats.Connections))
+					rec.fault("of them cancel requests", int(stats.CancelRequests))
 				}()
 				for sleep(ctx, time.Duration(200+rand.IntN(400))*time.Millisecond) {
 					switch rand.IntN(4) {

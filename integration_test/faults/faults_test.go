@@ -278,6 +278,7 @@ type recorder struct {
 	transfers atomic.Int64
 	target    int64
 	done      func()
+	began     time.Time     // when the workload started
 	elapsed   time.Duration // the workload's run time
 	// overflows watches the kernel's accept queues during the workload (see listenOverflows).
 	overflows *overflowWatch
@@ -348,6 +349,32 @@ func (r *recorder) throughput(from, to time.Time) string {
 	return fmt.Sprintf("the cell's operations succeeded during the call: %s", strings.Join(bursts, ", "))
 }
 
+// drought returns the longest stretch of the cell's run in which none of its operations succeeded, and how
+// many stretches lasted 10 s or more: how long the faults, and the storms they raised, kept every connection
+// from getting through. A keyed call whose deadline is shorter than such a stretch cannot settle its outcome.
+func (r *recorder) drought() (longest time.Duration, long int) {
+	r.mu.Lock()
+	var ends []time.Time
+	for _, o := range r.outcomes {
+		if o.err == nil {
+			ends = append(ends, o.start.Add(o.elapsed))
+		}
+	}
+	r.mu.Unlock()
+	slices.SortFunc(ends, time.Time.Compare)
+	prev := r.began
+	for _, e := range append(ends, r.began.Add(r.elapsed)) {
+		if gap := e.Sub(prev); gap > 0 {
+			longest = max(longest, gap)
+			if gap >= 10*time.Second {
+				long++
+			}
+		}
+		prev = e
+	}
+	return longest, long
+}
+
 func (r *recorder) fault(name string, n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -393,6 +420,7 @@ func (c cell) run(t *testing.T) *recorder {
 	defer stop()
 	rec.target, rec.done = int64(c.p.ops), stop
 	start := time.Now()
+	rec.began = start
 
 	// The machine is shared and the tests run with the race detector: a stall of the whole process makes a
 	// call late through no fault of pgcc's. lag measures the stalls, so that they are told apart.
@@ -616,14 +644,15 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 		t.Errorf("%d+ violations:\n  %s", len(violations), strings.Join(violations, "\n  "))
 	}
 	tot.counterOK, tot.counterUnknown = int(counterOK), int(counterUnknown)
+	drought, droughts := rec.drought()
 	overflows := "not counted"
 	if n, queue, ok := rec.overflows.total(); ok {
 		overflows = fmt.Sprintf("%d (the server's accept queue up to %d)", n, queue)
 	}
 	t.Logf("%s: %d transfers in %v (%.0f/s): %d applied, %d failed, %d commit-unknown (%d with a key); counter %d applied, %d unknown; "+
-		"max overrun past deadline %v (process stall %v); listen overflows %s; faults %v; outcomes %s",
+		"max overrun past deadline %v (process stall %v); listen overflows %s; no operation succeeded for %v at most (%d stretches of 10 s or more); faults %v; outcomes %s",
 		c.s.name, tot.ops, rec.elapsed.Round(time.Second), float64(tot.ops)/rec.elapsed.Seconds(), tot.applied, tot.failed, tot.unknown, tot.keyedUnknown, tot.counterOK, tot.counterUnknown,
-		tot.maxOverrun.Round(time.Millisecond), lag.Round(time.Millisecond), overflows, rec.faults, summary(rec.byName))
+		tot.maxOverrun.Round(time.Millisecond), lag.Round(time.Millisecond), overflows, drought.Round(time.Millisecond), droughts, rec.faults, summary(rec.byName))
 	if testing.Verbose() {
 		for name, msg := range rec.example {
 			t.Logf("  e.g. %s: %s", name, msg)

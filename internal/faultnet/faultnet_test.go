@@ -428,8 +428,8 @@ func TestCancelRequestPassesThrough(t *testing.T) {
 	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("connection unusable after the cancel: %v", err)
 	}
-	if s := p.Stats(); s.Connections != 1 {
-		t.Errorf("%d connections accepted, want 1: the cancel request's", s.Connections)
+	if s := p.Stats(); s.Connections != 1 || s.CancelRequests != 1 {
+		t.Errorf("%d connections accepted, %d of them cancel requests; want 1, the cancel request's", s.Connections, s.CancelRequests)
 	}
 }
 

@@ -169,6 +169,7 @@ func (l *link) readClient(server *net.TCPConn) {
 			case codeSSLRequest, codeGSSENCRequest:
 				l.answer.Store(true)
 			case codeCancelRequest:
+				l.p.cancels.Add(1)
 			default: // a startup message; typed messages follow
 				untyped = false
 				syncs++

@@ -54,7 +54,7 @@ type Proxy struct {
 	refuse    atomic.Bool
 	ruleCount atomic.Int64
 
-	flights, toServer, toClient, accepted atomic.Int64
+	flights, toServer, toClient, accepted, cancels atomic.Int64
 
 	mu      sync.Mutex
 	closed  bool
@@ -225,6 +225,9 @@ type Stats struct {
 	// Connections counts the connections accepted (refused ones excluded), cancel requests included: each
 	// comes on a connection of its own.
 	Connections int64
+	// CancelRequests counts the connections that carried a cancel request (pgx sends one when a context
+	// ends a statement, and when it closes a connection that broke mid-statement).
+	CancelRequests int64
 	// Open is the number of connections open now, and Held the number of them a [HangAfter] rule holds;
 	// [Proxy.ResetStats] leaves both alone.
 	Open, Held int
@@ -241,12 +244,13 @@ func (p *Proxy) Stats() Stats {
 	}
 	p.mu.Unlock()
 	return Stats{
-		Flights:     p.flights.Load(),
-		ToServer:    p.toServer.Load(),
-		ToClient:    p.toClient.Load(),
-		Connections: p.accepted.Load(),
-		Open:        open,
-		Held:        held,
+		Flights:        p.flights.Load(),
+		ToServer:       p.toServer.Load(),
+		ToClient:       p.toClient.Load(),
+		Connections:    p.accepted.Load(),
+		CancelRequests: p.cancels.Load(),
+		Open:           open,
+		Held:           held,
 	}
 }
 
@@ -256,6 +260,7 @@ func (p *Proxy) ResetStats() {
 	p.toServer.Store(0)
 	p.toClient.Store(0)
 	p.accepted.Store(0)
+	p.cancels.Store(0)
 }
 
 func (p *Proxy) accept() {
