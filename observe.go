@@ -186,6 +186,13 @@ type AttemptEvent struct {
 	SQLState string
 	// Delay is the sleep before the next attempt, when Outcome is AttemptRetried.
 	Delay time.Duration
+	// LookUp is how long the idempotency key's look-up took (txn.WithIdempotencyKey), when the attempt's
+	// COMMIT got no answer and Run looked the key up on a fresh connection; 0 when none ran. Outcome says what
+	// it found: AttemptCommitted (the attempt had committed), AttemptRetried (it had not, and the transaction
+	// runs again), AttemptFailed (another call with the key had committed: ErrAlreadyApplied; or it had not and
+	// a single connection cannot retry), AttemptCommitUnknown (it could not tell before the context ended). A
+	// look-up that takes seconds is the sign of a network or server failing on: it waits for a connection.
+	LookUp time.Duration
 }
 
 // ConflictEvent describes an optimistic conflict: a compare-and-swap write that found the row at another

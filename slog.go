@@ -57,6 +57,9 @@ func (s slogObserver) ObserveAttempt(ctx context.Context, e AttemptEvent) {
 	if e.Outcome == AttemptRetried {
 		attrs = append(attrs, slog.Duration("pgcc.retry_delay", e.Delay))
 	}
+	if e.LookUp > 0 {
+		attrs = append(attrs, slog.Duration("pgcc.lookup", e.LookUp))
+	}
 	s.l.LogAttrs(ctx, level, "pgcc: transaction attempt", attrs...)
 }
 

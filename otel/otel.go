@@ -72,6 +72,10 @@ const (
 	LeaseNameKey   = attribute.Key("pgcc.lease.name")
 	LeaseTokenKey  = attribute.Key("pgcc.lease.token")
 	LeaseHolderKey = attribute.Key("pgcc.lease.holder")
+
+	// LookUpKey is the duration in seconds of an attempt's idempotency-key look-up (see
+	// pgcc.AttemptEvent.LookUp), on the attempt's span when one ran.
+	LookUpKey = attribute.Key("pgcc.lookup.duration")
 )
 
 // Option configures [New].
@@ -169,6 +173,9 @@ func (o *Observer) ObserveAttempt(ctx context.Context, e pgcc.AttemptEvent) {
 	end := time.Now()
 	_, span := o.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(end.Add(-e.Duration)),
 		trace.WithAttributes(attrs...), trace.WithAttributes(AttemptKey.Int(e.Attempt)))
+	if e.LookUp > 0 {
+		span.SetAttributes(LookUpKey.Float64(e.LookUp.Seconds()))
+	}
 	if e.Outcome != pgcc.AttemptCommitted {
 		if e.Err != nil {
 			span.RecordError(e.Err, trace.WithTimestamp(end))

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/pgcc/pgcc"
+	"github.com/pgcc/pgcc/internal/faultnet"
 	"github.com/pgcc/pgcc/internal/pgtest"
 	"github.com/pgcc/pgcc/lease"
 	"github.com/pgcc/pgcc/lock"
@@ -295,6 +296,56 @@ func TestLockWaitAndLeaseEvents(t *testing.T) {
 	}
 	if lockSpans != 1 {
 		t.Errorf("%d lock spans, want 1", lockSpans)
+	}
+}
+
+// TestLookUpOnTheAttemptSpan: a keyed transaction whose COMMIT reply is lost is settled by the key's look-up,
+// and its attempt's span says how long the look-up took; the span of an attempt without one does not.
+func TestLookUpOnTheAttemptSpan(t *testing.T) {
+	t.Parallel()
+	_, _, obs, _, spans, _ := setup(t)
+	db := pgtest.NewDB(t)
+	proxy, dsn := faultnet.ForDSN(t, db.DSN)
+	pool := (&pgtest.DB{Name: db.Name, DSN: dsn}).Pool(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lose := proxy.OnQuery(faultnet.IsCommit, faultnet.LoseReply)
+	touch := func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "SELECT 1")
+		return err
+	}
+	if err := txn.Run(ctx, pool, touch, txn.WithObserver(obs), txn.WithLabel("lost"), txn.WithIdempotencyKey("lost reply")); err != nil {
+		t.Fatalf("Run = %v, want nil: the look-up finds the commit", err)
+	}
+	if lose.Fired() != 1 {
+		t.Fatalf("the COMMIT reply was lost %d times, want 1", lose.Fired())
+	}
+	if err := txn.Run(ctx, pool, touch, txn.WithObserver(obs), txn.WithLabel("plain")); err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, s := range spans.Ended() {
+		var lookUp *attribute.KeyValue
+		for _, a := range s.Attributes() {
+			if a.Key == otel.LookUpKey {
+				lookUp = &a
+			}
+		}
+		switch s.Name() {
+		case "txn.Run lost":
+			found[s.Name()] = true
+			if lookUp == nil || lookUp.Value.AsFloat64() <= 0 || s.Status().Code == codes.Error {
+				t.Errorf("span %q: look-up %v, status %v; want a positive duration and no error", s.Name(), lookUp, s.Status())
+			}
+		case "txn.Run plain":
+			found[s.Name()] = true
+			if lookUp != nil {
+				t.Errorf("span %q carries %v, want no look-up", s.Name(), lookUp.Value.String())
+			}
+		}
+	}
+	if len(found) != 2 {
+		t.Errorf("spans found %v, want both attempts'", found)
 	}
 }
 

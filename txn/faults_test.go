@@ -1,9 +1,11 @@
 package txn_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -118,6 +120,9 @@ func TestLostCommitReplyResolvedByKey(t *testing.T) {
 				}
 				proxy.LoseReply(1, pgfailtest.IsCommit)
 				calls, committedHooks, rolledBackHooks := 0, 0, 0
+				var events attemptEvents
+				var logged bytes.Buffer // the slog observer's record of the same attempt
+				observer := pgcc.JoinObservers(&events, pgcc.NewSlogObserver(slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 				got, err := txn.RunValue(ctx, h, func(ctx context.Context, tx pgx.Tx) (int, error) {
 					calls++
 					_ = txn.AfterCommit(tx, func(context.Context) { committedHooks++ })
@@ -125,10 +130,17 @@ func TestLostCommitReplyResolvedByKey(t *testing.T) {
 					var n int
 					err := tx.QueryRow(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1 RETURNING balance").Scan(&n)
 					return n, err
-				}, txn.WithIdempotencyKey(fmt.Sprintf("increment %d", i)), fastRetry)
+				}, txn.WithIdempotencyKey(fmt.Sprintf("increment %d", i)), fastRetry, txn.WithObserver(observer))
 				proxy.AwaitFault()
 				if err != nil || got != 100+i {
 					t.Fatalf("round %d: RunValue = %d, %v; want %d, nil", i, got, err, 100+i)
+				}
+				// The observer hears of the look-up: one attempt, committed, with the look-up's time.
+				if len(events) != 1 || events[0].Outcome != pgcc.AttemptCommitted || events[0].LookUp <= 0 || events[0].LookUp > events[0].Duration {
+					t.Fatalf("round %d: events %+v, want one committed attempt whose LookUp is set and within its Duration", i, events)
+				}
+				if !strings.Contains(logged.String(), "pgcc.lookup=") {
+					t.Fatalf("round %d: the slog record has no pgcc.lookup: %s", i, logged.String())
 				}
 				if calls != 1 || committedHooks != 1 || rolledBackHooks != 0 {
 					t.Fatalf("round %d: %d calls, %d commit hooks, %d rollback hooks; want 1, 1, 0", i, calls, committedHooks, rolledBackHooks)
@@ -140,6 +152,14 @@ func TestLostCommitReplyResolvedByKey(t *testing.T) {
 		})
 	}
 }
+
+// attemptEvents records the attempt events of one call (its methods run on the caller's goroutine).
+type attemptEvents []pgcc.AttemptEvent
+
+func (e *attemptEvents) ObserveAttempt(_ context.Context, ev pgcc.AttemptEvent) { *e = append(*e, ev) }
+func (*attemptEvents) ObserveConflict(context.Context, pgcc.ConflictEvent)      {}
+func (*attemptEvents) ObserveLockWait(context.Context, pgcc.LockWaitEvent)      {}
+func (*attemptEvents) ObserveLease(context.Context, pgcc.LeaseEvent)            {}
 
 // TestLostCommitReplyResolvedBySaturatedPool: the reply is lost while other callers hold every connection of
 // the pool for longer than Run's context lasts. The look-up does not queue behind them: it opens a connection

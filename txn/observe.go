@@ -24,6 +24,7 @@ func (a *attemptObs) retried(ctx context.Context, o *observing, isolation pgx.Tx
 	o.obs.Observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
 		Label: o.obs.Label, Operation: o.operation, Isolation: isolation, Attempt: a.n,
 		Outcome: pgcc.AttemptRetried, Duration: time.Since(a.start), Err: err, SQLState: pgcc.SQLState(err), Delay: delay,
+		LookUp: o.takeLookUp(),
 	})
 }
 
@@ -44,5 +45,14 @@ func (a *attemptObs) finish(ctx context.Context, o *observing, isolation pgx.TxI
 	o.obs.Observer.ObserveAttempt(ctx, pgcc.AttemptEvent{
 		Label: o.obs.Label, Operation: o.operation, Isolation: isolation, Attempt: a.n,
 		Outcome: outcome, Duration: time.Since(a.start), Err: ret, SQLState: pgcc.SQLState(ret),
+		LookUp: o.takeLookUp(),
 	})
+}
+
+// takeLookUp returns the duration of the current attempt's key look-up, 0 if none ran, and clears it for the
+// next attempt.
+func (o *observing) takeLookUp() time.Duration {
+	d := o.lookUp
+	o.lookUp = 0
+	return d
 }

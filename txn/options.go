@@ -107,6 +107,7 @@ type config struct {
 type observing struct {
 	obs       pgcc.Observation // what the transaction's handle carries (managed.top points here)
 	operation string           // pgcc.OperationRun or pgcc.OperationRetry, for the events
+	lookUp    time.Duration    // the attempt's key look-up, set by the attempt and taken by its event
 }
 
 // optionSet records which options were given, one bit each.

@@ -403,7 +403,11 @@ func (r *runner) attempt(ctx context.Context, fn func(context.Context, pgx.Tx) e
 		tx.rolledBack()
 		return commitUnknown, err
 	}
+	lookUpStart := time.Now()
 	res := r.resolve(ctx, conn, attemptID)
+	if r.cfg.obs != nil {
+		r.cfg.obs.lookUp = time.Since(lookUpStart)
+	}
 	switch {
 	case res.committed:
 		tx.committed(ctx)
