@@ -179,13 +179,15 @@ type transfer struct {
 	from, to int64
 	amount   int64 // asked for; what moves is at most the balance of from
 	keyed    bool  // the op id is also the transaction's idempotency key
+	// obs receives the keyed transfer's attempts, for the cell's figures of its look-ups; nil for none.
+	obs pgcc.Observer
 }
 
 // opts returns the txn options every strategy adds to its own: the idempotency key of a keyed transfer, with
 // attempts bounded by the context only, so that a look-up outlasts an outage shorter than the deadline.
 func (tr transfer) opts(extra ...txn.Option) []txn.Option {
 	if tr.keyed {
-		extra = append(extra, txn.WithIdempotencyKey(tr.op), txn.WithMaxAttempts(txn.UnlimitedAttempts))
+		extra = append(extra, txn.WithIdempotencyKey(tr.op), txn.WithMaxAttempts(txn.UnlimitedAttempts), txn.WithObserver(tr.obs))
 	}
 	return extra
 }
@@ -282,6 +284,51 @@ type recorder struct {
 	elapsed   time.Duration // the workload's run time
 	// overflows watches the kernel's accept queues during the workload (see listenOverflows).
 	overflows *overflowWatch
+	// lookUps are the keyed transfers' look-ups of their key, from their attempts' events.
+	lookUps lookUps
+}
+
+// lookUps records how long the look-ups of idempotency keys took (pgcc.AttemptEvent.LookUp) and what they
+// found: how much of a keyed call's deadline settling a lost COMMIT needed.
+type lookUps struct {
+	pgcc.NopObserver
+	mu        sync.Mutex
+	settled   []time.Duration // the look-ups that found out (committed, not committed, or another call's)
+	unsettled []time.Duration // those the context cut short
+}
+
+// ObserveAttempt records the attempt's look-up, if it ran one.
+func (l *lookUps) ObserveAttempt(_ context.Context, e pgcc.AttemptEvent) {
+	if e.LookUp == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e.Outcome == pgcc.AttemptCommitUnknown {
+		l.unsettled = append(l.unsettled, e.LookUp)
+	} else {
+		l.settled = append(l.settled, e.LookUp)
+	}
+}
+
+// String summarizes the look-ups for the cell's log line.
+func (l *lookUps) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.settled)+len(l.unsettled) == 0 {
+		return "none"
+	}
+	s := fmt.Sprintf("%d, %d settled", len(l.settled)+len(l.unsettled), len(l.settled))
+	if n := len(l.settled); n > 0 {
+		d := slices.Clone(l.settled)
+		slices.Sort(d)
+		at := func(q float64) time.Duration { return d[min(int(q*float64(n)), n-1)].Round(time.Millisecond) }
+		s += fmt.Sprintf(" in %v at the median, %v at the 99th percentile, %v at most", at(0.5), at(0.99), d[n-1].Round(time.Millisecond))
+	}
+	if len(l.unsettled) > 0 {
+		s += fmt.Sprintf("; %d cut short by the deadline", len(l.unsettled))
+	}
+	return s
 }
 
 // waitFor waits until the workload has done the given fraction of its transfers (with params.ops) or of its
@@ -441,7 +488,7 @@ func (c cell) run(t *testing.T) *recorder {
 					to++
 				}
 				tr := transfer{op: fmt.Sprintf("%s-%d-%d", c.s.name, w, i), from: from, to: to,
-					amount: rng.Int64N(maxAmount) + 1, keyed: w%2 == 1}
+					amount: rng.Int64N(maxAmount) + 1, keyed: w%2 == 1, obs: &rec.lookUps}
 				rec.add(c.call(tr, func(ctx context.Context) error { return c.s.run(ctx, c.pool, tr) }))
 			}
 		})
@@ -650,9 +697,9 @@ func (c cell) verify(t *testing.T, rec *recorder, counterOK, counterUnknown int6
 		overflows = fmt.Sprintf("%d (the server's accept queue up to %d)", n, queue)
 	}
 	t.Logf("%s: %d transfers in %v (%.0f/s): %d applied, %d failed, %d commit-unknown (%d with a key); counter %d applied, %d unknown; "+
-		"max overrun past deadline %v (process stall %v); listen overflows %s; no operation succeeded for %v at most (%d stretches of 10 s or more); faults %v; outcomes %s",
+		"max overrun past deadline %v (process stall %v); listen overflows %s; no operation succeeded for %v at most (%d stretches of 10 s or more); look-ups %v; faults %v; outcomes %s",
 		c.s.name, tot.ops, rec.elapsed.Round(time.Second), float64(tot.ops)/rec.elapsed.Seconds(), tot.applied, tot.failed, tot.unknown, tot.keyedUnknown, tot.counterOK, tot.counterUnknown,
-		tot.maxOverrun.Round(time.Millisecond), lag.Round(time.Millisecond), overflows, drought.Round(time.Millisecond), droughts, rec.faults, summary(rec.byName))
+		tot.maxOverrun.Round(time.Millisecond), lag.Round(time.Millisecond), overflows, drought.Round(time.Millisecond), droughts, &rec.lookUps, rec.faults, summary(rec.byName))
 	if testing.Verbose() {
 		for name, msg := range rec.example {
 			t.Logf("  e.g. %s: %s", name, msg)
