@@ -39,7 +39,12 @@ func TestKillTree(t *testing.T) {
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
+	// Between fork and exec the child's command line can still be empty (seen in CI): wait for the exec.
 	shell, ok := Find(cmd.Process.Pid)
+	for deadline := time.Now().Add(5 * time.Second); ok && !strings.Contains(shell.Cmdline(), "sleep 60") && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		shell, ok = Find(cmd.Process.Pid)
+	}
 	if !ok || !shell.Alive() || !strings.Contains(shell.Cmdline(), "sleep 60") {
 		t.Fatalf("Find(%d) = %+v, %v, command line %q", cmd.Process.Pid, shell, ok, shell.Cmdline())
 	}
