@@ -17,7 +17,8 @@ import (
 
 // keyedTimeout is the deadline of an operation with an idempotency key: long enough for the key's look-up to
 // settle a lost COMMIT between the faults, even in the long form, where 32 workers share 8 connections and
-// the look-up waits for one of them while backends keep being killed.
+// the look-up waits for one of them while backends keep being killed (the long form's network cells give it
+// networkKeyedTimeout).
 const keyedTimeout = 30 * time.Second
 
 // networkKeyedTimeout is keyedTimeout in the long form's network cells. There the faults, 32 workers per cell

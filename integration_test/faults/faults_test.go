@@ -292,9 +292,9 @@ type recorder struct {
 // found: how much of a keyed call's deadline settling a lost COMMIT needed.
 type lookUps struct {
 	pgcc.NopObserver
-	mu        sync.Mutex
-	settled   []time.Duration // the look-ups that found out (committed, not committed, or another call's)
-	unsettled []time.Duration // those the context cut short
+	mu       sync.Mutex
+	settled  []time.Duration // the look-ups that found out (committed, not committed, or another call's)
+	cutShort int             // those the context ended before they could tell
 }
 
 // ObserveAttempt records the attempt's look-up, if it ran one.
@@ -305,7 +305,7 @@ func (l *lookUps) ObserveAttempt(_ context.Context, e pgcc.AttemptEvent) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if e.Outcome == pgcc.AttemptCommitUnknown {
-		l.unsettled = append(l.unsettled, e.LookUp)
+		l.cutShort++
 	} else {
 		l.settled = append(l.settled, e.LookUp)
 	}
@@ -315,18 +315,18 @@ func (l *lookUps) ObserveAttempt(_ context.Context, e pgcc.AttemptEvent) {
 func (l *lookUps) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.settled)+len(l.unsettled) == 0 {
+	if len(l.settled)+l.cutShort == 0 {
 		return "none"
 	}
-	s := fmt.Sprintf("%d, %d settled", len(l.settled)+len(l.unsettled), len(l.settled))
+	s := fmt.Sprintf("%d, %d settled", len(l.settled)+l.cutShort, len(l.settled))
 	if n := len(l.settled); n > 0 {
 		d := slices.Clone(l.settled)
 		slices.Sort(d)
 		at := func(q float64) time.Duration { return d[min(int(q*float64(n)), n-1)].Round(time.Millisecond) }
 		s += fmt.Sprintf(" in %v at the median, %v at the 99th percentile, %v at most", at(0.5), at(0.99), d[n-1].Round(time.Millisecond))
 	}
-	if len(l.unsettled) > 0 {
-		s += fmt.Sprintf("; %d cut short by the deadline", len(l.unsettled))
+	if l.cutShort > 0 {
+		s += fmt.Sprintf("; %d cut short by the deadline", l.cutShort)
 	}
 	return s
 }
